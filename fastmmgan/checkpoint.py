@@ -1,0 +1,86 @@
+"""Atomic file writes and checkpoints that load with a clear error, never a traceback."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+
+from .errors import FastMMGANError
+
+CHECKPOINT_DIR = "checkpoints"
+LAST = "last.pt"
+
+
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
+    """Write a file through ``write(fileobj)`` into a temp file beside it, fsync, then rename over ``path``.
+
+    A reader sees the old file or the new one, never half of one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    return atomic_write(path, lambda f: f.write(data))
+
+
+def save_checkpoint(run_dir: str | Path, step: int, state: dict[str, Any], keep: int = 3) -> Path:
+    """Write ``checkpoints/step_XXXXXXXX.pt`` atomically, point ``last.pt`` at it, keep the newest ``keep``."""
+    ckpt_dir = Path(run_dir) / CHECKPOINT_DIR
+    path = atomic_write(ckpt_dir / f"step_{step:08d}.pt", lambda f: torch.save(state, f))
+    link_tmp = ckpt_dir / f".{LAST}.{os.getpid()}.tmp"
+    link_tmp.unlink(missing_ok=True)
+    os.link(path, link_tmp)
+    os.replace(link_tmp, ckpt_dir / LAST)
+    for old in sorted(ckpt_dir.glob("step_*.pt"))[:-keep]:
+        old.unlink()
+    return path
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or a run directory (its ``checkpoints/last.pt``)."""
+    path = Path(path)
+    if path.is_dir():
+        candidate = path / CHECKPOINT_DIR / LAST
+        if not candidate.is_file():
+            raise FastMMGANError(f"no checkpoint in {path} (expected {candidate})")
+        return candidate
+    if not path.is_file():
+        raise FastMMGANError(f"checkpoint not found: {path}")
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a fastmmgan checkpoint (file or run directory) onto the CPU; clear error if truncated or foreign."""
+    path = resolve_checkpoint(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise FastMMGANError(f"{path} is not a readable fastmmgan checkpoint (truncated or corrupt?): {first}") from None
+    if not isinstance(state, dict) or state.get("format") != "fastmmgan-checkpoint":
+        raise FastMMGANError(f"{path} is not a fastmmgan checkpoint")
+    return state

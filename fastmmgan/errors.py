@@ -1,0 +1,7 @@
+"""The one exception type users see for bad input: a clear one-line message, exit code 2 from the CLIs."""
+
+from __future__ import annotations
+
+
+class FastMMGANError(ValueError):
+    """Bad input (data, flags, conditions, checkpoints): the message names the problem."""

@@ -1,0 +1,178 @@
+"""Modality specs and their codecs: raw data a person has <-> fixed-size feature vectors in [0, 1].
+
+Every modality's features live in [0, 1] so every generator head is a sigmoid:
+- image: pixels of an ``[H, W]`` grey image, flattened;
+- text: a bag of words (1 where a vocabulary word occurs), decoded as the words scoring > 0.5 in vocabulary order;
+- audio: a log-magnitude spectrogram of a fixed-length clip, decoded to a waveform by Griffin-Lim.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import FastMMGANError
+
+KINDS = ("image", "text", "audio")
+_TOKEN = re.compile(r"[a-z0-9]+")
+_AUDIO_LOG_SCALE = 4.0
+
+
+@dataclass(frozen=True)
+class ModalitySpec:
+    """One modality: its name, kind, feature size and what turns features back into something to look at or hear."""
+
+    name: str
+    kind: str
+    image_shape: tuple[int, int] | None = None
+    vocab: tuple[str, ...] | None = None
+    sample_rate: int | None = None
+    clip_samples: int | None = None
+    n_fft: int = 256
+    hop: int = 128
+    n_bins: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise FastMMGANError(f"modality {self.name!r}: unknown kind {self.kind!r} (expected one of {', '.join(KINDS)})")
+        needs = {"image": ("image_shape",), "text": ("vocab",), "audio": ("sample_rate", "clip_samples")}[self.kind]
+        for attr in needs:
+            if getattr(self, attr) is None:
+                raise FastMMGANError(f"modality {self.name!r} of kind {self.kind} needs {attr}")
+
+    @property
+    def frames(self) -> int:
+        return self.clip_samples // self.hop + 1
+
+    @property
+    def bins(self) -> int:
+        return self.n_bins or self.n_fft // 2 + 1
+
+    @property
+    def dim(self) -> int:
+        """Feature size of this modality."""
+        if self.kind == "image":
+            return self.image_shape[0] * self.image_shape[1]
+        if self.kind == "text":
+            return len(self.vocab)
+        return self.frames * self.bins
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("extra")
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModalitySpec:
+        d = dict(d)
+        for key in ("image_shape", "vocab"):
+            if key in d and d[key] is not None:
+                d[key] = tuple(d[key])
+        return cls(**d)
+
+    def encode(self, raw: Any) -> torch.Tensor:
+        """Raw data for n samples -> features [n, dim] float32 in [0, 1]."""
+        return {"image": _encode_image, "text": _encode_text, "audio": _encode_audio}[self.kind](self, raw)
+
+    def decode(self, features: torch.Tensor) -> Any:
+        """Features [n, dim] -> raw data (images [n,H,W] / waveforms [n,T] float32 arrays, or a list of strings)."""
+        return {"image": _decode_image, "text": _decode_text, "audio": _decode_audio}[self.kind](self, features)
+
+
+def _as_float_array(spec: ModalitySpec, raw: Any, ndim: int, what: str) -> np.ndarray:
+    try:
+        arr = np.asarray(raw, dtype=np.float32)
+    except (TypeError, ValueError) as e:
+        raise FastMMGANError(f"modality {spec.name!r}: expected {what} as numbers ({e})") from None
+    if arr.ndim == ndim - 1:
+        arr = arr[None]
+    if arr.ndim != ndim:
+        raise FastMMGANError(f"modality {spec.name!r}: expected {what}, got an array of shape {tuple(arr.shape)}")
+    if not np.isfinite(arr).all():
+        raise FastMMGANError(f"modality {spec.name!r}: data contains NaN or infinite values")
+    return arr
+
+
+def _encode_image(spec: ModalitySpec, raw: Any) -> torch.Tensor:
+    h, w = spec.image_shape
+    arr = _as_float_array(spec, raw, 3, f"images [n, {h}, {w}] in [0, 1]")
+    if arr.shape[1:] != (h, w):
+        raise FastMMGANError(f"modality {spec.name!r}: expected images of shape [n, {h}, {w}], got {list(arr.shape)}")
+    if arr.size and (arr.min() < 0.0 or arr.max() > 1.0):
+        raise FastMMGANError(f"modality {spec.name!r}: image values must be in [0, 1], got [{arr.min():.3g}, {arr.max():.3g}]")
+    return torch.from_numpy(arr.reshape(len(arr), h * w).copy())
+
+
+def _decode_image(spec: ModalitySpec, features: torch.Tensor) -> np.ndarray:
+    h, w = spec.image_shape
+    return features.detach().float().clamp(0, 1).cpu().numpy().reshape(-1, h, w)
+
+
+def tokenize(text: str) -> list[str]:
+    """Lower-case word tokens of a caption."""
+    return _TOKEN.findall(text.lower())
+
+
+def _encode_text(spec: ModalitySpec, raw: Any) -> torch.Tensor:
+    if isinstance(raw, str):
+        raw = [raw]
+    texts = list(raw)
+    if not all(isinstance(t, str) for t in texts):
+        raise FastMMGANError(f"modality {spec.name!r}: expected a list of strings")
+    index = {word: i for i, word in enumerate(spec.vocab)}
+    out = torch.zeros(len(texts), len(spec.vocab))
+    for row, text in enumerate(texts):
+        words = tokenize(text)
+        unknown = sorted({w for w in words if w not in index})
+        if unknown:
+            raise FastMMGANError(f"modality {spec.name!r}: words not in the vocabulary: {', '.join(unknown)}")
+        for word in words:
+            out[row, index[word]] = 1.0
+    return out
+
+
+def _decode_text(spec: ModalitySpec, features: torch.Tensor) -> list[str]:
+    scores = features.detach().float().cpu().numpy()
+    return [" ".join(spec.vocab[i] for i in np.flatnonzero(row > 0.5)) for row in scores]
+
+
+def _window(spec: ModalitySpec) -> torch.Tensor:
+    return torch.hann_window(spec.n_fft)
+
+
+def _stft(spec: ModalitySpec, wave: torch.Tensor) -> torch.Tensor:
+    return torch.stft(wave, spec.n_fft, spec.hop, window=_window(spec), center=True, return_complex=True)
+
+
+def _encode_audio(spec: ModalitySpec, raw: Any) -> torch.Tensor:
+    arr = _as_float_array(spec, raw, 2, f"waveforms [n, samples] at {spec.sample_rate} Hz")
+    wave = torch.zeros(len(arr), spec.clip_samples)
+    n = min(arr.shape[1], spec.clip_samples)
+    wave[:, :n] = torch.from_numpy(arr[:, :n].copy())
+    mag = _stft(spec, wave).abs()[:, : spec.bins, :]
+    feats = (torch.log1p(mag) / _AUDIO_LOG_SCALE).clamp(0, 1)
+    return feats.transpose(1, 2).reshape(len(arr), spec.dim)
+
+
+def _decode_audio(spec: ModalitySpec, features: torch.Tensor, iterations: int = 32) -> np.ndarray:
+    """Griffin-Lim: find a waveform whose spectrogram magnitude matches the features."""
+    feats = features.detach().float().cpu().clamp(0, 1).reshape(-1, spec.frames, spec.bins).transpose(1, 2)
+    mag = torch.expm1(feats * _AUDIO_LOG_SCALE)
+    full = torch.zeros(mag.shape[0], spec.n_fft // 2 + 1, spec.frames)
+    full[:, : spec.bins] = mag
+    gen = torch.Generator().manual_seed(0)
+    angles = torch.exp(2j * math.pi * torch.rand(full.shape, generator=gen))
+    window = _window(spec)
+    wave = torch.zeros(mag.shape[0], spec.clip_samples)
+    for _ in range(iterations):
+        wave = torch.istft(full * angles, spec.n_fft, spec.hop, window=window, center=True, length=spec.clip_samples)
+        rebuilt = _stft(spec, wave)
+        angles = torch.exp(1j * torch.angle(rebuilt))
+    peak = wave.abs().amax(dim=1, keepdim=True).clamp_min(1.0)
+    return (wave / peak).numpy().astype(np.float32)

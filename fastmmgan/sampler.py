@@ -1,0 +1,133 @@
+"""Using a trained generator: raw conditions in, every modality out in raw form.
+
+Shared by :func:`load_generator` (PyTorch) and the ONNX Runtime wrapper in ``fastmmgan.export``,
+so both turn the same ``given`` and ``seed`` into the same inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .checkpoint import load_checkpoint
+from .config import TrainConfig
+from .errors import FastMMGANError
+from .modalities import ModalitySpec
+from .models import Generator
+
+
+def draw_noise(n: int, z_dim: int, seed: int | None) -> torch.Tensor:
+    """Noise z [n, z_dim] float32 from a CPU generator seeded by ``seed`` (fresh entropy when None)."""
+    gen = torch.Generator()
+    if seed is None:
+        gen.seed()
+    else:
+        gen.manual_seed(int(seed))
+    return torch.randn(n, z_dim, generator=gen)
+
+
+def _broadcast(spec: ModalitySpec, value: Any, n: int) -> Any:
+    if spec.kind == "text":
+        texts = [value] if isinstance(value, str) else list(value) if isinstance(value, Sequence) else None
+        if texts is None or not all(isinstance(t, str) for t in texts):
+            raise FastMMGANError(f"given {spec.name!r}: expected a string or a list of strings")
+        if len(texts) == 1:
+            texts = texts * n
+        if len(texts) != n:
+            raise FastMMGANError(f"given {spec.name!r}: {len(texts)} captions for n={n} samples")
+        return texts
+    try:
+        arr = np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise FastMMGANError(f"given {spec.name!r}: expected an array of numbers") from None
+    item_ndim = 2 if spec.kind == "image" else 1
+    if arr.ndim == item_ndim:
+        arr = np.broadcast_to(arr, (n, *arr.shape))
+    if arr.ndim != item_ndim + 1:
+        raise FastMMGANError(f"given {spec.name!r}: expected {item_ndim + 1} dimensions, got shape {list(arr.shape)}")
+    if len(arr) != n:
+        raise FastMMGANError(f"given {spec.name!r}: {len(arr)} items for n={n} samples")
+    if spec.kind == "audio":
+        out = np.zeros((n, spec.clip_samples), dtype=np.float32)
+        k = min(arr.shape[1], spec.clip_samples)
+        out[:, :k] = arr[:, :k]
+        arr = out
+    return np.ascontiguousarray(arr)
+
+
+def encode_conditions(
+    specs: Sequence[ModalitySpec], n: int, given: Mapping[str, Any] | None
+) -> tuple[list[torch.Tensor], torch.Tensor, dict[str, Any]]:
+    """Raw conditions -> (features [n, dim_m] per modality, zeros where not given; given mask [n, M] bool;
+    the conditions normalised to the raw output forms)."""
+    if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
+        raise FastMMGANError(f"n must be a positive integer, got {n!r}")
+    given = dict(given or {})
+    names = [s.name for s in specs]
+    unknown = [k for k in given if k not in names]
+    if unknown:
+        raise FastMMGANError(f"unknown modality {unknown[0]!r} (this model has: {', '.join(names)})")
+    xs, raw = [], {}
+    mask = torch.zeros(n, len(specs), dtype=torch.bool)
+    for m, spec in enumerate(specs):
+        if spec.name in given:
+            raw[spec.name] = _broadcast(spec, given[spec.name], n)
+            xs.append(spec.encode(raw[spec.name]))
+            mask[:, m] = True
+        else:
+            xs.append(torch.zeros(n, spec.dim))
+    return xs, mask, raw
+
+
+def decode_outputs(
+    specs: Sequence[ModalitySpec], features: Sequence[torch.Tensor], given_raw: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Generated features -> raw forms; given modalities come back as given."""
+    return {s.name: given_raw[s.name] if s.name in given_raw else s.decode(f) for s, f in zip(specs, features)}
+
+
+class Sampler:
+    """A trained generator (the EMA copy) ready to sample from raw conditions."""
+
+    def __init__(self, generator: Generator, device: str | torch.device = "cpu") -> None:
+        self.generator = generator.to(device).eval()
+        self.device = torch.device(device)
+
+    @property
+    def modalities(self) -> tuple[ModalitySpec, ...]:
+        return self.generator.specs
+
+    @torch.no_grad()
+    def sample_features(
+        self, n: int, given: Mapping[str, Any] | None = None, seed: int | None = None
+    ) -> tuple[list[torch.Tensor], dict[str, Any]]:
+        """Generated features [n, dim_m] per modality (CPU float32) and the normalised conditions."""
+        xs, mask, raw = encode_conditions(self.modalities, n, given)
+        z = draw_noise(n, self.generator.z_dim, seed)
+        dev = self.device
+        out = self.generator(z.to(dev), [x.to(dev) for x in xs], mask.to(dev))
+        return [o.float().cpu() for o in out], raw
+
+    def sample(self, n: int, given: Mapping[str, Any] | None = None, seed: int | None = None) -> dict[str, Any]:
+        """n samples of every modality: images [n,H,W] float32 in [0,1], audio [n,T] float32 in [-1,1],
+        text a list of n strings. ``given`` maps modality names to raw conditions; same seed, same output."""
+        feats, raw = self.sample_features(n, given, seed)
+        return decode_outputs(self.modalities, feats, raw)
+
+
+def generator_from_state(state: Mapping[str, Any], key: str = "ema") -> Generator:
+    """Rebuild the generator a checkpoint describes and load its weights (EMA by default)."""
+    cfg = TrainConfig.from_dict(state["config"])
+    specs = [ModalitySpec.from_dict(d) for d in state["specs"]]
+    gen = Generator(specs, cfg.z_dim, cfg.g_width, cfg.g_depth)
+    gen.load_state_dict(state[key])
+    return gen
+
+
+def load_generator(path: str | Path, device: str = "cpu") -> Sampler:
+    """A sampler from a run directory or checkpoint file (uses the EMA generator)."""
+    return Sampler(generator_from_state(load_checkpoint(path)), device)

@@ -1,0 +1,89 @@
+"""``python -m fastmmgan.train``: train a multimodal GAN on the built-in digits or a user .npz file."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from .checkpoint import CHECKPOINT_DIR, LAST
+from .cli import run_cli
+from .config import TrainConfig
+from .errors import FastMMGANError
+from .losses import LOSSES
+
+_DEFAULTS = TrainConfig()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m fastmmgan.train",
+        description="Train one generator for every direction (text->image, audio->image, image->text, noise->all).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--dataset", default=_DEFAULTS.dataset, help="built-in dataset (digits: image, caption, keypad tone)")
+    src.add_argument("--data", default=None, help="user .npz file: one array per modality plus 'kinds' (see README)")
+    p.add_argument("--steps", type=int, default=_DEFAULTS.steps, help="total training steps (D update + G update each)")
+    p.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size, help="samples per step")
+    p.add_argument("--lr", type=float, default=_DEFAULTS.lr, help="Adam learning rate of the generator")
+    p.add_argument("--d-lr", type=float, default=None, help="Adam learning rate of the discriminator (default: --lr)")
+    p.add_argument("--loss", choices=LOSSES, default=_DEFAULTS.loss, help="GAN loss (ns = non-saturating)")
+    p.add_argument("--gp-weight", type=float, default=_DEFAULTS.gp_weight, help="gradient penalty weight for wgan-gp")
+    p.add_argument("--z-dim", type=int, default=_DEFAULTS.z_dim, help="noise size")
+    p.add_argument("--g-width", type=int, default=_DEFAULTS.g_width, help="generator width (shared space size)")
+    p.add_argument("--g-depth", type=int, default=_DEFAULTS.g_depth, help="generator dense layers after the fusion")
+    p.add_argument("--d-width", type=int, default=_DEFAULTS.d_width, help="discriminator width")
+    p.add_argument("--d-depth", type=int, default=_DEFAULTS.d_depth, help="discriminator dense layers after the fusion")
+    p.add_argument("--ema-decay", type=float, default=_DEFAULTS.ema_decay, help="decay of the EMA generator used for samples")
+    p.add_argument("--seed", type=int, default=_DEFAULTS.seed, help="seed of data split, init, batches and noise")
+    p.add_argument("--device", default=_DEFAULTS.device, help="auto | cpu | cuda (auto: CUDA when available)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=_DEFAULTS.compile,
+                   help="use the compiled training step (--no-compile: the reference eager step)")
+    p.add_argument("--out", default="runs/digits", help="run directory (config, checkpoints, samples, metrics)")
+    p.add_argument("--resume", nargs="?", const="auto", default=None,
+                   help="continue from a checkpoint: a path, or with no value the --out run's last checkpoint")
+    p.add_argument("--ckpt-every", type=int, default=_DEFAULTS.ckpt_every, help="steps between checkpoints (0: only at the end)")
+    p.add_argument("--keep-checkpoints", type=int, default=_DEFAULTS.keep_checkpoints, help="how many step checkpoints to keep")
+    p.add_argument("--sample-every", type=int, default=_DEFAULTS.sample_every, help="steps between sample sheets (0: only at the end)")
+    p.add_argument("--log-every", type=int, default=_DEFAULTS.log_every, help="steps between metrics lines")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    names = [f for f in TrainConfig.__dataclass_fields__ if hasattr(args, f)]
+    return TrainConfig(**{name: getattr(args, name) for name in names})
+
+
+def check_out_dir(out: Path) -> None:
+    """Fail early, with the path, when the run directory cannot be written."""
+    target = out
+    while not target.exists():
+        target = target.parent
+    if not target.is_dir() or not os.access(target, os.W_OK):
+        raise FastMMGANError(f"--out {out}: {target} is not a writable directory")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg = config_from_args(args)
+    out = Path(args.out)
+    check_out_dir(out)
+    resume = None
+    if args.resume == "auto":
+        resume = out / CHECKPOINT_DIR / LAST
+        if not resume.is_file():
+            raise FastMMGANError(f"--resume: no checkpoint to resume in {out}")
+    elif args.resume is not None:
+        resume = Path(args.resume)
+    from .trainer import Trainer
+
+    trainer = Trainer(cfg, out, resume=resume)
+    trainer.run(progress=not args.no_progress)
+    print(f"done: {trainer.step} steps; samples in {out / 'samples'}, checkpoint {out / CHECKPOINT_DIR / LAST}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,200 @@
+"""The training loop: data, models, the step, checkpoints, samples and metrics for one run directory."""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import __version__
+from .checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .data import MultimodalDataset, load_dataset
+from .errors import FastMMGANError
+from .models import Discriminator, Generator
+from .samples import write_samples
+from .step import StepInputs, build_step
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present; asking for CUDA without one is an error, not a silent fallback."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise FastMMGANError(f"device {name!r} requested but CUDA is not available")
+    return torch.device(name)
+
+
+def _seed_for(*key: int) -> int:
+    return int(np.random.SeedSequence([k & 0xFFFFFFFF for k in key]).generate_state(1)[0])
+
+
+def draw_step_inputs(
+    ds: MultimodalDataset, step: int, cfg: TrainConfig, rank: int = 0, world: int = 1
+) -> StepInputs:
+    """The random draws of one step, a pure function of (seed, step): exact resume needs no stream state.
+
+    The global batch is drawn whole and rank ``rank`` of ``world`` takes its slice, so any number of
+    processes sees the same global batch. Batches walk a per-epoch permutation; the ragged tail is dropped.
+    """
+    n, b = len(ds), cfg.batch_size
+    per_epoch = n // b
+    epoch, pos = divmod(step, per_epoch)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(_seed_for(cfg.seed, epoch, 0)))
+    idx = perm[pos * b : (pos + 1) * b]
+    gen = torch.Generator().manual_seed(_seed_for(cfg.seed, step, 1))
+    m = len(ds.specs)
+    patterns = torch.randint(0, 2**m - 1, (b, 1), generator=gen)
+    bits = (patterns >> torch.arange(m)) & 1
+    mask = ds.mask[idx]
+    given = bits.bool() & mask
+    z = torch.randn(b, cfg.z_dim, generator=gen)
+    alpha = torch.rand(b, 1, generator=gen)
+    beta = torch.tensor(min(cfg.ema_decay, (1.0 + step) / (10.0 + step)), dtype=torch.float32)
+    sl = slice(rank * b // world, (rank + 1) * b // world)
+    return StepInputs([x[idx][sl] for x in ds.features], mask[sl], given[sl], z[sl], alpha[sl], beta)
+
+
+class Trainer:
+    """Owns one run: ``out_dir`` holds config.json, checkpoints/, samples/, metrics.jsonl and tb/."""
+
+    def __init__(self, cfg: TrainConfig, out_dir: str | Path, resume: str | Path | None = None) -> None:
+        self.cfg = cfg
+        self.out = Path(out_dir)
+        self.device = resolve_device(cfg.device)
+        torch.manual_seed(cfg.seed)
+        ds = load_dataset(cfg.dataset, cfg.data, seed=cfg.seed)
+        if len(ds) < 2:
+            raise FastMMGANError(f"the dataset has {len(ds)} sample(s); at least 2 are needed for a train/test split")
+        self.train_ds, self.test_ds = ds.split(cfg.test_fraction, cfg.seed)
+        if len(self.train_ds) < cfg.batch_size:
+            raise FastMMGANError(f"batch-size {cfg.batch_size} is larger than the training split ({len(self.train_ds)} samples)")
+        self.specs = ds.specs
+        self.G = Generator(self.specs, cfg.z_dim, cfg.g_width, cfg.g_depth).to(self.device)
+        self.D = Discriminator(self.specs, cfg.d_width, cfg.d_depth).to(self.device)
+        self.ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+        self.opt_g = self._adam(self.G, cfg.lr)
+        self.opt_d = self._adam(self.D, cfg.d_lr or cfg.lr)
+        self.step = 0
+        if resume is not None:
+            self.load_state(load_checkpoint(resume))
+        self.step_fn = build_step(self.G, self.D, self.ema, self.opt_g, self.opt_d, cfg, self.device)
+
+    def _adam(self, model: torch.nn.Module, lr: float) -> torch.optim.Adam:
+        return torch.optim.Adam(model.parameters(), lr=lr, betas=self.cfg.betas, fused=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": "fastmmgan-checkpoint",
+            "version": __version__,
+            "step": self.step,
+            "config": self.cfg.to_dict(),
+            "specs": [s.to_dict() for s in self.specs],
+            "generator": self.G.state_dict(),
+            "discriminator": self.D.state_dict(),
+            "ema": self.ema.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "numpy": _numpy_state(),
+                "python": _python_state(),
+            },
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Continue from a checkpoint of the same architecture and data."""
+        saved = TrainConfig.from_dict(state["config"])
+        if saved.model_hash() != self.cfg.model_hash() or [s.to_dict() for s in self.specs] != state["specs"]:
+            raise FastMMGANError("the checkpoint was trained with a different model or dataset; use a new --out")
+        try:
+            self.G.load_state_dict(state["generator"])
+            self.D.load_state_dict(state["discriminator"])
+            self.ema.load_state_dict(state["ema"])
+            self.opt_g.load_state_dict(state["opt_g"])
+            self.opt_d.load_state_dict(state["opt_d"])
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise FastMMGANError(f"checkpoint does not match this model: {str(e).splitlines()[0]}") from None
+        self.step = int(state["step"])
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        np.random.set_state(_numpy_state_from(rng["numpy"]))
+        random.setstate(_python_state_from(rng["python"]))
+
+    def save(self) -> Path:
+        return save_checkpoint(self.out, self.step, self.state_dict(), keep=self.cfg.keep_checkpoints)
+
+    def write_samples(self) -> Path:
+        sample_dir = self.out / "samples" / f"step_{self.step:08d}"
+        write_samples(self.ema, self.test_ds, sample_dir, seed=self.cfg.seed)
+        return sample_dir
+
+    def run(self, progress: bool = True) -> dict[str, float]:
+        """Train until ``cfg.steps``; returns the last logged metrics."""
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self.out / "config.json", json.dumps(cfg.to_dict(), indent=2).encode())
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(self.out / "tb"))
+        last: dict[str, float] = {}
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not progress, desc="train", unit="step")
+        t_window, n_window = time.perf_counter(), 0
+        try:
+            with open(self.out / "metrics.jsonl", "a") as log:
+                while self.step < cfg.steps:
+                    batch = draw_step_inputs(self.train_ds, self.step, cfg).to(self.device)
+                    losses = self.step_fn(batch)
+                    self.step += 1
+                    n_window += 1
+                    if cfg.log_every and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
+                        now = time.perf_counter()
+                        last = {k: float(v) for k, v in losses.items()}
+                        last["steps_per_s"] = n_window / (now - t_window)
+                        t_window, n_window = now, 0
+                        log.write(json.dumps({"step": self.step, **last}) + "\n")
+                        log.flush()
+                        for key, value in last.items():
+                            writer.add_scalar(f"train/{key}", value, self.step)
+                        bar.set_postfix({k: f"{v:.3g}" for k, v in last.items()})
+                    bar.update(1)
+                    if cfg.sample_every and self.step % cfg.sample_every == 0:
+                        self.write_samples()
+                    if cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
+                        self.save()
+            if not (cfg.ckpt_every and self.step % cfg.ckpt_every == 0):
+                self.save()
+            if not (cfg.sample_every and self.step % cfg.sample_every == 0):
+                self.write_samples()
+        finally:
+            bar.close()
+            writer.close()
+        return last
+
+
+def _numpy_state() -> dict[str, Any]:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos, "has_gauss": has_gauss, "cached": cached}
+
+
+def _numpy_state_from(d: dict[str, Any]) -> tuple:
+    return (d["name"], d["keys"].numpy().astype(np.uint32), d["pos"], d["has_gauss"], d["cached"])
+
+
+def _python_state() -> dict[str, Any]:
+    version, internal, gauss = random.getstate()
+    return {"version": version, "internal": list(internal), "gauss": gauss}
+
+
+def _python_state_from(d: dict[str, Any]) -> tuple:
+    return (d["version"], tuple(d["internal"]), d["gauss"])
