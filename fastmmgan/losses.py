@@ -18,12 +18,19 @@ from .errors import FastMMGANError
 
 LOSSES = ("ns", "minimax", "lsgan", "hinge", "wgan-gp")
 
-_D_LOSS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "ns": lambda r, f: F.softplus(-r).mean() + F.softplus(f).mean(),
-    "minimax": lambda r, f: F.softplus(-r).mean() + F.softplus(f).mean(),
-    "lsgan": lambda r, f: 0.5 * ((r - 1).square().mean() + f.square().mean()),
-    "hinge": lambda r, f: F.relu(1 - r).mean() + F.relu(1 + f).mean(),
-    "wgan-gp": lambda r, f: f.mean() - r.mean(),
+_D_REAL: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "ns": lambda r: F.softplus(-r),
+    "minimax": lambda r: F.softplus(-r),
+    "lsgan": lambda r: 0.5 * (r - 1).square(),
+    "hinge": lambda r: F.relu(1 - r),
+    "wgan-gp": lambda r: -r,
+}
+_D_FAKE: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "ns": lambda f: F.softplus(f),
+    "minimax": lambda f: F.softplus(f),
+    "lsgan": lambda f: 0.5 * f.square(),
+    "hinge": lambda f: F.relu(1 + f),
+    "wgan-gp": lambda f: f,
 }
 _G_LOSS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "ns": lambda f: F.softplus(-f).mean(),
@@ -40,9 +47,17 @@ def check_loss(name: str) -> str:
     return name
 
 
-def discriminator_loss(name: str, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-    """The discriminator's loss for real and fake logits."""
-    return _D_LOSS[check_loss(name)](real_logits.float(), fake_logits.float())
+def discriminator_loss(
+    name: str, real_logits: torch.Tensor, fake_logits: torch.Tensor, fake_weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The discriminator's loss for real logits [B,1] and fake logits [F,1]; ``fake_weight`` [F] weighs
+    the fake terms (a weighted mean; None = plain mean)."""
+    check_loss(name)
+    real_term = _D_REAL[name](real_logits.float()).mean()
+    fake_terms = _D_FAKE[name](fake_logits.float()).squeeze(-1)
+    if fake_weight is None:
+        return real_term + fake_terms.mean()
+    return real_term + (fake_terms * fake_weight).sum() / fake_weight.sum().clamp_min(1.0)
 
 
 def generator_loss(name: str, fake_logits: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,8 @@
 Every modality's features live in [0, 1] so every generator head is a sigmoid:
 - image: pixels of an ``[H, W]`` grey image, flattened;
 - text: a bag of words (1 where a vocabulary word occurs), decoded as the words scoring > 0.5 in vocabulary order;
-- audio: a log-magnitude spectrogram of a fixed-length clip, decoded to a waveform by Griffin-Lim.
+- audio: a log-magnitude spectrogram of a fixed-length clip above a noise floor (log1p|STFT| below
+  0.7, about -50 dB of full scale, reads as 0), decoded to a waveform by Griffin-Lim.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from .errors import FastMMGANError
 
 KINDS = ("image", "text", "audio")
 _TOKEN = re.compile(r"[a-z0-9]+")
-_AUDIO_LOG_SCALE = 4.0
+_AUDIO_LOG_FLOOR = 0.7
+_AUDIO_LOG_SCALE = 3.0
 
 
 @dataclass(frozen=True)
@@ -156,14 +158,14 @@ def _encode_audio(spec: ModalitySpec, raw: Any) -> torch.Tensor:
     n = min(arr.shape[1], spec.clip_samples)
     wave[:, :n] = torch.from_numpy(arr[:, :n].copy())
     mag = _stft(spec, wave).abs()[:, : spec.bins, :]
-    feats = (torch.log1p(mag) / _AUDIO_LOG_SCALE).clamp(0, 1)
+    feats = ((torch.log1p(mag) - _AUDIO_LOG_FLOOR) / _AUDIO_LOG_SCALE).clamp(0, 1)
     return feats.transpose(1, 2).reshape(len(arr), spec.dim)
 
 
 def _decode_audio(spec: ModalitySpec, features: torch.Tensor, iterations: int = 32) -> np.ndarray:
     """Griffin-Lim: find a waveform whose spectrogram magnitude matches the features."""
     feats = features.detach().float().cpu().clamp(0, 1).reshape(-1, spec.frames, spec.bins).transpose(1, 2)
-    mag = torch.expm1(feats * _AUDIO_LOG_SCALE)
+    mag = torch.where(feats > 0, torch.expm1(feats * _AUDIO_LOG_SCALE + _AUDIO_LOG_FLOOR), 0.0)
     full = torch.zeros(mag.shape[0], spec.n_fft // 2 + 1, spec.frames)
     full[:, : spec.bins] = mag
     gen = torch.Generator().manual_seed(0)

@@ -15,6 +15,19 @@ from . import ops
 from .modalities import ModalitySpec
 
 
+def he_init_(module: nn.Module, slope: float = ops.DEFAULT_SLOPE) -> None:
+    """He-normal weights for leaky-ReLU, zero biases, in every linear layer of ``module``.
+
+    Variance-preserving init keeps the noise's influence alive through the stack; torch's default
+    Linear init shrinks activations ~3x per layer, and the generator then starts (and stays) collapsed.
+    """
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear):
+            nn.init.kaiming_normal_(layer.weight, a=slope, nonlinearity="leaky_relu")
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+
+
 class FusedDense(nn.Linear):
     """``lrelu(x @ W.T + b)``: an ``nn.Linear`` (same state dict) whose forward is the fused op. [B,K] -> [B,N]."""
 
@@ -37,6 +50,18 @@ class SharedProjection(nn.Module):
         self.proj = nn.ModuleList(nn.Linear(k, out_features, bias=False) for k in in_dims)
         self.bias = nn.Parameter(torch.zeros(out_features))
         self.slope = slope
+
+    @torch.no_grad()
+    def calibrate_(self, xs: Sequence[torch.Tensor]) -> None:
+        """Rescale each modality's projection to unit std on sample data xs (M tensors [B, K_m]).
+
+        Modalities differ wildly in size and sparsity (a 25-word bag of words vs a 576-bin spectrogram);
+        without this the dense ones drown the sparse ones in the mean and their conditioning is ignored.
+        """
+        for proj, x in zip(self.proj, xs):
+            std = proj(x.to(proj.weight.dtype)).std(dim=0).mean()
+            if torch.isfinite(std) and std > 0:
+                proj.weight.div_(std)
 
     def forward(self, xs: Sequence[torch.Tensor], mask: torch.Tensor | None) -> torch.Tensor:
         return ops.shared_projection(list(xs), [p.weight for p in self.proj], self.bias, mask, self.slope)
@@ -64,6 +89,7 @@ class Generator(nn.Module):
         self.fusion = SharedProjection([z_dim, *(s.dim for s in self.specs)], width)
         self.body = DenseStack(width, depth)
         self.head = nn.Linear(width, sum(s.dim for s in self.specs))
+        he_init_(self)
 
     def forward(self, z: torch.Tensor, xs: Sequence[torch.Tensor], given: torch.Tensor) -> list[torch.Tensor]:
         """z [B, z_dim]; xs: M feature tensors [B, dim_m] (ignored where not given); given [B, M] -> M tensors."""
@@ -73,18 +99,39 @@ class Generator(nn.Module):
         return list(out.split([s.dim for s in self.specs], dim=1))
 
 
-class Discriminator(nn.Module):
-    """All present modalities -> one realness logit [B, 1]; ``mask`` [B, M] marks which are present."""
+def minibatch_stddev(h: torch.Tensor, group: int) -> torch.Tensor:
+    """Append one feature: the std across each group of ``group`` consecutive rows, averaged over features.
 
-    def __init__(self, specs: Sequence[ModalitySpec], width: int = 256, depth: int = 2) -> None:
+    [B, W] -> [B, W + 1]. It lets the discriminator see a batch's diversity, so a generator that
+    collapses to one sample is caught (ProGAN's minibatch standard deviation). Groups fall back to
+    single rows (std 0) when B is not a multiple of ``group``.
+    """
+    b, w = h.shape
+    g = group if b % group == 0 else 1
+    var = h.reshape(b // g, g, w).var(dim=1, unbiased=False)
+    std = (var + 1e-8).sqrt().mean(dim=1)
+    return torch.cat([h, std.repeat_interleave(g)[:, None]], dim=1)
+
+
+class Discriminator(nn.Module):
+    """All present modalities -> one realness logit [B, 1]; ``mask`` [B, M] marks which are present.
+
+    Real and fake rows must come in separate groups of ``mbstd_group`` consecutive rows (the training
+    step concatenates whole batches), since the minibatch-stddev feature is taken per group.
+    """
+
+    def __init__(self, specs: Sequence[ModalitySpec], width: int = 256, depth: int = 2, mbstd_group: int = 4) -> None:
         super().__init__()
         self.specs = tuple(specs)
+        self.mbstd_group = mbstd_group
         self.fusion = SharedProjection([s.dim for s in self.specs], width)
-        self.body = DenseStack(width, depth)
+        self.body = nn.Sequential(FusedDense(width + 1, width), DenseStack(width, depth - 1))
         self.head = nn.Linear(width, 1)
+        he_init_(self)
 
     def forward(self, xs: Sequence[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(self.fusion(xs, mask)))
+        h = minibatch_stddev(self.fusion(xs, mask), self.mbstd_group)
+        return self.head(self.body(h))
 
 
 def compose_fake(real: Sequence[torch.Tensor], generated: Sequence[torch.Tensor], given: torch.Tensor) -> list[torch.Tensor]:

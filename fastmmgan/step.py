@@ -17,12 +17,16 @@ from .models import Discriminator, Generator, compose_fake
 @dataclass
 class StepInputs:
     """One step's tensors: real features per modality [B, dim_m], presence mask [B, M] (bool),
-    given mask [B, M] (bool, modalities the generator is conditioned on), noise z [B, z_dim],
+    given mask [B, M] (bool, modalities the generator is conditioned on), mismatched real samples
+    (one modality taken from another row, see :func:`fastmmgan.trainer.draw_step_inputs`) with their
+    weights [B] (0 where a row has too few modalities to mismatch), noise z [B, z_dim],
     alpha [B, 1] (WGAN-GP interpolation) and the EMA decay for this step (0-d float32)."""
 
     real: list[torch.Tensor]
     mask: torch.Tensor
     given: torch.Tensor
+    mismatched: list[torch.Tensor]
+    mismatch_weight: torch.Tensor
     z: torch.Tensor
     alpha: torch.Tensor
     ema_beta: torch.Tensor
@@ -32,6 +36,8 @@ class StepInputs:
             [x.to(device, non_blocking=True) for x in self.real],
             self.mask.to(device, non_blocking=True),
             self.given.to(device, non_blocking=True),
+            [x.to(device, non_blocking=True) for x in self.mismatched],
+            self.mismatch_weight.to(device, non_blocking=True),
             self.z.to(device, non_blocking=True),
             self.alpha.to(device, non_blocking=True),
             self.ema_beta.to(device, non_blocking=True),
@@ -41,7 +47,8 @@ class StepInputs:
 class ReferenceStep:
     """The plain eager step: autograd + torch.optim.Adam, the behaviour every faster step is checked against.
 
-    The generator runs once; the discriminator judges real and fake in one batch; the generator update
+    The generator runs once; the discriminator judges real, fake and mismatched real samples in one batch
+    (calling mismatched ones fake teaches cross-modal consistency: GAN-CLS's matching-aware discriminator); the generator update
     takes its gradient through the just-updated discriminator without accumulating D weight gradients.
     """
 
@@ -63,9 +70,11 @@ class ReferenceStep:
         gen = self.G(batch.z, batch.real, batch.given)
         fake = compose_fake(batch.real, gen, batch.given)
 
-        logits = self.D([torch.cat([r, f.detach()]) for r, f in zip(batch.real, fake)], batch.mask.repeat(2, 1))
-        real_logits, fake_logits = logits.chunk(2)
-        loss_d = discriminator_loss(self.loss, real_logits, fake_logits)
+        d_in = [torch.cat([r, f.detach(), w]) for r, f, w in zip(batch.real, fake, batch.mismatched)]
+        logits = self.D(d_in, batch.mask.repeat(3, 1))
+        real_logits, fake_logits, mismatch_logits = logits.chunk(3)
+        fake_weight = torch.cat([torch.ones_like(batch.mismatch_weight), batch.mismatch_weight])
+        loss_d = discriminator_loss(self.loss, real_logits, torch.cat([fake_logits, mismatch_logits]), fake_weight)
         if self.loss == "wgan-gp":
             gp = gradient_penalty(lambda xs: self.D(xs, batch.mask), batch.real, fake, batch.alpha)
             loss_d = loss_d + self.gp_weight * gp

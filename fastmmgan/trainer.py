@@ -43,6 +43,7 @@ def draw_step_inputs(
 
     The global batch is drawn whole and rank ``rank`` of ``world`` takes its slice, so any number of
     processes sees the same global batch. Batches walk a per-epoch permutation; the ragged tail is dropped.
+    Mismatched samples take one present modality from a random other row of the batch.
     """
     n, b = len(ds), cfg.batch_size
     per_epoch = n // b
@@ -55,11 +56,20 @@ def draw_step_inputs(
     bits = (patterns >> torch.arange(m)) & 1
     mask = ds.mask[idx]
     given = bits.bool() & mask
+    real = [x[idx] for x in ds.features]
+    partner = torch.randperm(b, generator=gen)
+    swap_pick = torch.multinomial(mask.float() + 1e-6, 1, generator=gen)
+    swap = torch.zeros_like(mask).scatter_(1, swap_pick, True)
+    mismatched = [torch.where(swap[:, m : m + 1], x[partner], x) for m, x in enumerate(real)]
+    valid = (mask & mask[partner]).sum(dim=1) >= 2
+    valid &= ((swap & mask & mask[partner]).any(dim=1)) & (partner != torch.arange(b))
     z = torch.randn(b, cfg.z_dim, generator=gen)
     alpha = torch.rand(b, 1, generator=gen)
     beta = torch.tensor(min(cfg.ema_decay, (1.0 + step) / (10.0 + step)), dtype=torch.float32)
     sl = slice(rank * b // world, (rank + 1) * b // world)
-    return StepInputs([x[idx][sl] for x in ds.features], mask[sl], given[sl], z[sl], alpha[sl], beta)
+    return StepInputs(
+        [x[sl] for x in real], mask[sl], given[sl], [x[sl] for x in mismatched], valid[sl].float(), z[sl], alpha[sl], beta
+    )
 
 
 class Trainer:
@@ -79,6 +89,7 @@ class Trainer:
         self.specs = ds.specs
         self.G = Generator(self.specs, cfg.z_dim, cfg.g_width, cfg.g_depth).to(self.device)
         self.D = Discriminator(self.specs, cfg.d_width, cfg.d_depth).to(self.device)
+        self._calibrate()
         self.ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         self.opt_g = self._adam(self.G, cfg.lr)
         self.opt_d = self._adam(self.D, cfg.d_lr or cfg.lr)
@@ -86,6 +97,14 @@ class Trainer:
         if resume is not None:
             self.load_state(load_checkpoint(resume))
         self.step_fn = build_step(self.G, self.D, self.ema, self.opt_g, self.opt_d, cfg, self.device)
+
+    def _calibrate(self) -> None:
+        """Data-dependent init of both fusions (see SharedProjection.calibrate_), on up to 512 train samples."""
+        idx = torch.randperm(len(self.train_ds), generator=torch.Generator().manual_seed(self.cfg.seed))[:512]
+        xs = [x[idx].to(self.device) for x in self.train_ds.features]
+        z = torch.randn(len(idx), self.cfg.z_dim, generator=torch.Generator().manual_seed(self.cfg.seed)).to(self.device)
+        self.G.fusion.calibrate_([z, *xs])
+        self.D.fusion.calibrate_(xs)
 
     def _adam(self, model: torch.nn.Module, lr: float) -> torch.optim.Adam:
         return torch.optim.Adam(model.parameters(), lr=lr, betas=self.cfg.betas, fused=True)

@@ -1,0 +1,134 @@
+"""A short training run end to end, using the trained model, and the command line tools' errors."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from fastmmgan import generate, load_generator, train
+from fastmmgan.checkpoint import load_checkpoint
+from fastmmgan.cli import run_cli
+from fastmmgan.errors import FastMMGANError
+
+TINY = ["--steps", "6", "--batch-size", "16", "--g-width", "32", "--d-width", "32", "--z-dim", "8",
+        "--ckpt-every", "3", "--sample-every", "6", "--log-every", "3", "--no-compile", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    assert train.main([*TINY, "--out", str(out)]) == 0
+    return out
+
+
+def test_run_writes_everything_a_user_looks_at(run_dir):
+    cfg = json.loads((run_dir / "config.json").read_text())
+    assert cfg["steps"] == 6 and cfg["loss"] == "ns"
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("*.pt")) == ["last.pt", "step_00000003.pt",
+                                                                             "step_00000006.pt"]
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [3, 6]
+    assert all(np.isfinite(line["loss_d"]) and np.isfinite(line["loss_g"]) for line in lines)
+    samples = run_dir / "samples" / "step_00000006"
+    names = {p.name for p in samples.iterdir()}
+    assert {"noise_to_image.png", "text_to_image.png", "audio_to_image.png", "image_to_text.txt",
+            "image_to_audio.wav", "noise_to_audio.wav", "noise_to_text.txt"} <= names
+    assert any((run_dir / "tb").iterdir())
+    assert "label 7:" in (samples / "image_to_text.txt").read_text()
+
+
+def test_checkpoint_is_complete_and_last_is_newest(run_dir):
+    state = load_checkpoint(run_dir)
+    assert state["step"] == 6 and state["format"] == "fastmmgan-checkpoint"
+    assert {"generator", "discriminator", "ema", "opt_g", "opt_d", "rng", "config", "specs", "version"} <= set(state)
+    step6 = torch.load(run_dir / "checkpoints" / "step_00000006.pt", weights_only=True)
+    assert torch.equal(step6["ema"]["head.weight"], state["ema"]["head.weight"])
+
+
+def test_sampler_raw_forms_and_determinism(run_dir):
+    sampler = load_generator(run_dir)
+    assert [s.name for s in sampler.modalities] == ["image", "text", "audio"]
+    out = sampler.sample(3, given={"text": "seven"}, seed=5)
+    assert out["image"].shape == (3, 8, 8) and out["image"].dtype == np.float32
+    assert 0 <= out["image"].min() and out["image"].max() <= 1
+    assert out["audio"].shape == (3, 1024) and np.abs(out["audio"]).max() <= 1
+    assert out["text"] == ["seven"] * 3
+    again = sampler.sample(3, given={"text": "seven"}, seed=5)
+    assert np.array_equal(out["image"], again["image"]) and np.array_equal(out["audio"], again["audio"])
+    other = sampler.sample(3, given={"text": "seven"}, seed=6)
+    assert not np.array_equal(out["image"], other["image"])
+
+
+@pytest.mark.parametrize(
+    "given, message",
+    [({"video": 1}, "unknown modality 'video'"), ({"text": ["one", "two"]}, "2 captions for n=3"),
+     ({"image": np.zeros((3, 4, 4))}, r"shape \[n, 8, 8\]"), ({"text": "seven apples"}, "apples")],
+)
+def test_sampler_rejects_bad_conditions(run_dir, given, message):
+    with pytest.raises(FastMMGANError, match=message):
+        load_generator(run_dir).sample(3, given=given)
+
+
+def test_resume_continues_to_more_steps(run_dir, tmp_path):
+    import shutil
+
+    out = tmp_path / "resumed"
+    shutil.copytree(run_dir, out)
+    args = [a if a != "6" else "9" for a in TINY]
+    assert train.main([*args, "--out", str(out), "--resume"]) == 0
+    assert load_checkpoint(out)["step"] == 9
+
+
+def test_generate_cli_writes_files(run_dir, tmp_path):
+    out = tmp_path / "gen"
+    assert generate.main([str(run_dir), "--n", "4", "--given", "text=the number 3", "--seed", "1", "--out", str(out)]) == 0
+    assert {p.name for p in out.iterdir()} == {"image.png", "text.txt", "audio.wav"}
+    assert (out / "text.txt").read_text().splitlines() == ["the number 3"] * 4
+
+
+def _cli_error(main, argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: main(argv))
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2
+    assert err.startswith("error: ") and "\n" not in err
+    return err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [(["--steps", "0"], "steps must be positive"), (["--batch-size", "-1"], "batch-size must be positive"),
+     (["--data", "/nonexistent/x.npz"], "data file not found"), (["--dataset", "mnist"], "unknown built-in dataset"),
+     (["--batch-size", "5000"], "larger than the training split"), (["--resume"], "no checkpoint to resume"),
+     (["--device", "cuda"] if not torch.cuda.is_available() else ["--lr", "0"], "")],
+)
+def test_train_cli_errors(tmp_path, capsys, argv, message):
+    err = _cli_error(train.main, [*TINY, "--out", str(tmp_path / "o"), *argv], capsys)
+    assert message in err
+
+
+def test_train_cli_unwritable_out(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert "not a writable directory" in _cli_error(train.main, [*TINY, "--out", str(blocker / "run")], capsys)
+
+
+def test_generate_cli_errors(run_dir, tmp_path, capsys):
+    assert "checkpoint not found" in _cli_error(generate.main, [str(tmp_path / "none.pt")], capsys)
+    assert "unknown modality 'smell'" in _cli_error(generate.main, [str(run_dir), "--given", "smell=x"], capsys)
+    assert "file not found" in _cli_error(generate.main, [str(run_dir), "--given", "image=/no/such.png"], capsys)
+    corrupt = tmp_path / "bad.pt"
+    corrupt.write_bytes(b"garbage")
+    assert "not a readable fastmmgan checkpoint" in _cli_error(generate.main, [str(corrupt)], capsys)
+
+
+def test_cli_process_exit_code_and_single_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "fastmmgan.train", "--loss", "bce"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "invalid choice" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "fastmmgan.generate", str(tmp_path / "missing")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"error: checkpoint not found: {tmp_path / 'missing'}"]
