@@ -1,0 +1,289 @@
+"""The Triton kernels against the reference ops: forward and every gradient, on odd shapes.
+
+Without a GPU they run in Triton's CPU interpreter (tests/conftest.py sets TRITON_INTERPRET=1),
+which is slow: shapes are small but span several tiles, K iterations and partial tiles.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from fastmmgan.kernels import fused_dense_triton, shared_projection_triton  # noqa: E402
+from fastmmgan.kernels.fused_dense import _precision, _split_rows  # noqa: E402
+
+from fastmmgan.ops import fused_dense_reference, shared_projection_reference  # noqa: E402
+
+K_IN, N_OUT = 37, 45
+K_MODS = (37, 20, 45, 9, 16, 33, 5, 64, 17)
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def assert_matches(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> None:
+    """The numerics policy: fp32 at 1e-5 scaled by magnitude, 16-bit at 2e-2 against the fp32 reference cast."""
+    assert actual.dtype == dtype and actual.shape == expected.shape
+    if dtype == torch.float32:
+        atol = 1e-5 * max(1.0, expected.abs().max().item())
+        torch.testing.assert_close(actual, expected, rtol=1e-5, atol=atol)
+    else:
+        torch.testing.assert_close(actual.float(), expected.to(dtype).float(), rtol=2e-2, atol=2e-2)
+
+
+def leaves(tensors: list[torch.Tensor | None], dtype: torch.dtype) -> list[torch.Tensor | None]:
+    return [None if t is None else t.detach().to(dtype).requires_grad_() for t in tensors]
+
+
+def run(fn, inputs: list[torch.Tensor | None], dy: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Forward, then the gradient of <y, dy> w.r.t. every tensor input."""
+    y = fn(inputs)
+    present = [t for t in inputs if t is not None]
+    return y, list(torch.autograd.grad(y, present, dy.to(y.dtype)))
+
+
+def check_against_reference(fast_fn, ref_fn, inputs: list[torch.Tensor | None], dtype: torch.dtype) -> torch.Tensor:
+    """Kernel forward and gradients in ``dtype`` vs the reference in fp32 from the same rounded inputs."""
+    low = leaves(inputs, dtype)
+    dy = torch.randn(low[0].shape[0], N_OUT).to(dtype)
+    y, grads = run(fast_fn, low, dy)
+    y_ref, grads_ref = run(ref_fn, leaves(low, torch.float32), dy.float())
+    assert_matches(y, y_ref, dtype)
+    assert len(grads) == len(grads_ref)
+    for g, g_ref in zip(grads, grads_ref, strict=True):
+        assert_matches(g, g_ref, dtype)
+    return y
+
+
+def dense_inputs(batch: int, with_bias: bool) -> list[torch.Tensor | None]:
+    return [torch.randn(batch, K_IN), torch.randn(N_OUT, K_IN) / K_IN**0.5, torch.randn(N_OUT) if with_bias else None]
+
+
+@pytest.mark.parametrize("batch", [1, 3, 64, 257])
+@pytest.mark.parametrize(("with_bias", "slope"), [(True, 0.2), (False, 0.01)])
+def test_fused_dense_fp32(batch: int, with_bias: bool, slope: float) -> None:
+    torch.manual_seed(batch)
+    check_against_reference(
+        lambda t: fused_dense_triton(t[0], t[1], t[2], slope),
+        lambda t: fused_dense_reference(t[0], t[1], t[2], slope),
+        dense_inputs(batch, with_bias),
+        torch.float32,
+    )
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISION)
+@pytest.mark.parametrize("batch", [3, 64])
+def test_fused_dense_low_precision(dtype: torch.dtype, batch: int) -> None:
+    torch.manual_seed(batch)
+    check_against_reference(
+        lambda t: fused_dense_triton(t[0], t[1], t[2], 0.2),
+        lambda t: fused_dense_reference(t[0], t[1], t[2], 0.2),
+        dense_inputs(batch, True),
+        dtype,
+    )
+
+
+def test_fused_dense_frozen_weight_and_leading_dims() -> None:
+    """Only dx is asked for (weight and bias frozen); x [2, 5, K] keeps its leading dims."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, K_IN, requires_grad=True)
+    w, b = torch.randn(N_OUT, K_IN), torch.randn(N_OUT)
+    y = fused_dense_triton(x, w, b, 0.2)
+    y_ref = fused_dense_reference(x, w, b, 0.2)
+    assert y.shape == (2, 5, N_OUT)
+    assert_matches(y, y_ref, torch.float32)
+    dy = torch.randn_like(y)
+    (dx,) = torch.autograd.grad(y, x, dy)
+    (dx_ref,) = torch.autograd.grad(y_ref, x, dy)
+    assert_matches(dx, dx_ref, torch.float32)
+
+
+def test_weight_grad_of_long_batch_takes_the_two_stage_reduction() -> None:
+    """B=257 above is reduced in two batch splits, so the fp32-partials path is what those tests check."""
+    assert _split_rows(257, N_OUT, K_IN)[0] == 2
+    assert _split_rows(64, N_OUT, K_IN)[0] == 1
+
+
+def test_tf32_follows_torch_matmul_flag(monkeypatch) -> None:
+    """tl.dot takes tf32 for fp32 operands exactly when torch allows it for CUDA matmuls."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    assert _precision(torch.float32) == "ieee"
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+    assert _precision(torch.float32) == "tf32"
+    assert _precision(torch.bfloat16) == _precision(torch.float16) == "ieee"
+
+
+def test_fused_dense_rejects_bad_arguments() -> None:
+    x, w = torch.randn(3, K_IN), torch.randn(N_OUT, K_IN)
+    with pytest.raises(ValueError, match="slope >= 0"):
+        fused_dense_triton(x, w, None, -0.1)
+    with pytest.raises(ValueError, match="share one of"):
+        fused_dense_triton(x, w.double(), None, 0.2)
+    with pytest.raises(ValueError, match="do not fit"):
+        fused_dense_triton(x, w[:, :-1], None, 0.2)
+
+
+def every_pattern_mask(batch: int, num_mod: int) -> torch.Tensor:
+    """[B, M] bool whose rows cycle through all 2**M presence patterns, all-absent first."""
+    patterns = torch.tensor(list(itertools.product([False, True], repeat=num_mod)))
+    return patterns[torch.arange(batch) % len(patterns)]
+
+
+def projection_inputs(batch: int, num_mod: int) -> list[torch.Tensor]:
+    ks = K_MODS[:num_mod]
+    xs = [torch.randn(batch, k) for k in ks]
+    ws = [torch.randn(N_OUT, k) / k**0.5 for k in ks]
+    return [*xs, *ws, torch.randn(N_OUT)]
+
+
+def projection_fns(num_mod: int, mask: torch.Tensor | None, slope: float):
+    def split(t):
+        return list(t[:num_mod]), list(t[num_mod : 2 * num_mod]), t[-1]
+
+    return (
+        lambda t: shared_projection_triton(*split(t), mask, slope),
+        lambda t: shared_projection_reference(*split(t), mask, slope),
+    )
+
+
+@pytest.mark.parametrize(
+    ("num_mod", "batch", "masked", "slope"),
+    [
+        (1, 3, False, 0.2),
+        (1, 64, True, 0.01),
+        (2, 1, True, 0.2),
+        (2, 64, True, 0.2),
+        (3, 3, False, 0.01),
+        (3, 64, True, 0.2),
+        (3, 257, True, 0.01),
+        (4, 64, True, 0.2),
+        (9, 5, True, 0.01),
+    ],
+)
+def test_shared_projection_fp32(num_mod: int, batch: int, masked: bool, slope: float) -> None:
+    """Every mask pattern, all-absent rows included; M=9 chains three launches through fp32 partials."""
+    torch.manual_seed(10 * num_mod + batch)
+    mask = every_pattern_mask(batch, num_mod) if masked else None
+    check_against_reference(*projection_fns(num_mod, mask, slope), projection_inputs(batch, num_mod), torch.float32)
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISION)
+def test_shared_projection_low_precision(dtype: torch.dtype) -> None:
+    torch.manual_seed(7)
+    check_against_reference(*projection_fns(3, every_pattern_mask(64, 3), 0.2), projection_inputs(64, 3), dtype)
+
+
+def test_shared_projection_float_mask_is_not_differentiated() -> None:
+    """A float mask weights the modalities (mask / max(1, sum)); it gets no gradient."""
+    torch.manual_seed(3)
+    mask = torch.rand(64, 3).mul(1.5).round().div(1.5).requires_grad_()
+    check_against_reference(*projection_fns(3, mask, 0.2), projection_inputs(64, 3), torch.float32)
+    assert mask.grad is None
+
+
+def test_shared_projection_absent_rows_give_lrelu_bias() -> None:
+    torch.manual_seed(4)
+    inputs = projection_inputs(8, 3)
+    mask = every_pattern_mask(8, 3)
+    y = shared_projection_triton(inputs[:3], inputs[3:6], inputs[6], mask, 0.2)
+    expected = torch.nn.functional.leaky_relu(inputs[6], 0.2)
+    torch.testing.assert_close(y[0], expected, rtol=1e-6, atol=1e-6)
+    assert not torch.allclose(y[1], expected)
+
+
+_TRACE_SCRIPT = textwrap.dedent(
+    """
+    import collections
+    import os
+
+    import torch
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from fastmmgan import ops
+    from fastmmgan.kernels import fused_dense_triton, shared_projection_triton
+
+    with FakeTensorMode():
+        y = fused_dense_triton(torch.empty(5, 7, dtype=torch.bfloat16), torch.empty(3, 7, dtype=torch.bfloat16), None)
+        xs = [torch.empty(5, 7), torch.empty(5, 4)]
+        ws = [torch.empty(3, 7), torch.empty(3, 4)]
+        z = shared_projection_triton(xs, ws, torch.empty(3), torch.ones(5, 2, dtype=torch.bool))
+    print("fake", tuple(y.shape), y.dtype, tuple(z.shape), z.dtype)
+
+    class Traced(Exception):
+        pass
+
+    joint = []
+
+    def keep_joint_graph(graph, *args, **kwargs):
+        joint.append(graph)
+        raise Traced
+
+    def step(x, w, b, x2, w2, w3, mask):
+        y = ops.fused_dense(x, w, b, 0.2)
+        return ops.shared_projection([y, x2], [w2, w3], b, mask, 0.2).square().sum()
+
+    os.environ["FASTMMGAN_KERNELS"] = "triton"
+    backend = aot_autograd(fw_compiler=None, bw_compiler=None, partition_fn=keep_joint_graph)
+    shapes = [(5, 7), (3, 7), (3,), (5, 4), (3, 3), (3, 4)]
+    args = [torch.randn(shape, requires_grad=True) for shape in shapes]
+    try:
+        torch.compile(step, fullgraph=True, backend=backend)(*args, torch.ones(5, 2))
+    except Exception as error:
+        assert isinstance(getattr(error, "inner_exception", None), Traced), error
+    names = collections.Counter()
+    for node in joint[0].graph.nodes:
+        if "triton_kernel_wrapper_functional" in str(node.target):
+            kernel = kernel_side_table.get_kernel(node.kwargs["kernel_idx"])
+            while hasattr(kernel, "fn"):
+                kernel = kernel.fn
+            names[kernel.__name__] += 1
+    print("kernels", sorted(names.items()))
+    """
+)
+
+
+def test_ops_trace_to_triton_kernels_under_torch_compile() -> None:
+    """What torch.compile relies on, checked without a GPU in a process without the interpreter.
+
+    The fake implementation that triton_op derives from the launch code gives the right shapes and
+    dtypes; torch.compile traces the public ops (dispatch included) in one graph, and AOTAutograd's
+    joint forward+backward graph holds the Triton kernels themselves: 2 forward launches, then
+    dgrad + wgrad for fused_dense and 2 x (dgrad + wgrad) for the projection. The trace stops
+    before partitioning: without a GPU, Triton cannot tell which arguments a kernel writes.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", _TRACE_SCRIPT], env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert "fake (5, 3) torch.bfloat16 (5, 3) torch.float32" in lines
+    assert "kernels [('_dgrad_kernel', 3), ('_projection_fwd_kernel', 2), ('_wgrad_kernel', 3)]" in lines
+
+
+def penalty_grads(fn, inputs: list[torch.Tensor | None], x_index: list[int]) -> list[torch.Tensor]:
+    """Gradient-penalty shape (WGAN-GP, R1): grads of ||d sum(y) / d x||^2 w.r.t. every input."""
+    present = [t for t in inputs if t is not None]
+    y = fn(inputs)
+    dxs = torch.autograd.grad(y.square().sum(), [inputs[i] for i in x_index], create_graph=True)
+    return list(torch.autograd.grad(sum(dx.square().sum() for dx in dxs), present))
+
+
+@pytest.mark.parametrize("op", ["fused_dense", "shared_projection"])
+def test_double_backward_matches_reference(op: str) -> None:
+    torch.manual_seed(5)
+    if op == "fused_dense":
+        inputs, x_index = dense_inputs(64, True), [0]
+        fast, ref = (lambda t: fused_dense_triton(t[0], t[1], t[2], 0.2)), (lambda t: fused_dense_reference(*t, 0.2))
+    else:
+        inputs, x_index = projection_inputs(64, 3), [0, 1, 2]
+        fast, ref = projection_fns(3, every_pattern_mask(64, 3), 0.2)
+    for g, g_ref in zip(penalty_grads(fast, leaves(inputs, torch.float32), x_index),
+                        penalty_grads(ref, leaves(inputs, torch.float32), x_index), strict=True):
+        assert_matches(g, g_ref, torch.float32)
