@@ -9,12 +9,13 @@ from .errors import FastMMGANError
 
 
 def run_cli(main: Callable[[], int | None]) -> None:
-    """Run ``main``; a :class:`FastMMGANError` (or a refused file) becomes ``error: ...`` and exit 2."""
+    """Run ``main``; a :class:`FastMMGANError` (or a refused file) becomes ``error: ...`` and exit 2
+    (3 when training diverged)."""
     try:
         code = main()
     except FastMMGANError as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(e.exit_code)
     except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
         print(f"error: {e.strerror}: {e.filename}", file=sys.stderr)
         sys.exit(2)

@@ -37,15 +37,20 @@ class TrainConfig:
     ckpt_every: int = 1000
     keep_checkpoints: int = 3
     sample_every: int = 1000
+    eval_every: int = 0
     log_every: int = 50
+    max_bad_steps: int = 20
+    dist_timeout: float = 300.0
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
         check_loss(self.loss)
-        for name in ("steps", "batch_size", "z_dim", "g_width", "g_depth", "d_width", "d_depth", "keep_checkpoints"):
+        positive = ("steps", "batch_size", "z_dim", "g_width", "g_depth", "d_width", "d_depth", "keep_checkpoints",
+                    "max_bad_steps", "dist_timeout")
+        for name in positive:
             if getattr(self, name) <= 0:
                 raise FastMMGANError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        for name in ("ckpt_every", "sample_every", "log_every"):
+        for name in ("ckpt_every", "sample_every", "eval_every", "log_every"):
             if getattr(self, name) < 0:
                 raise FastMMGANError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         for name in ("lr", "gp_weight"):

@@ -5,3 +5,11 @@ from __future__ import annotations
 
 class FastMMGANError(ValueError):
     """Bad input (data, flags, conditions, checkpoints): the message names the problem."""
+
+    exit_code = 2
+
+
+class TrainingDiverged(FastMMGANError):
+    """Training stopped after too many non-finite steps in a row; the last good checkpoint is intact."""
+
+    exit_code = 3

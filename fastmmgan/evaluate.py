@@ -43,11 +43,15 @@ def load_model(path: Path, run: Path | None) -> tuple[Any, TrainConfig, list[dic
     if path.suffix == ".onnx":
         return _load_onnx(path, run)
     state = load_checkpoint(path)
-    return (generator_from_state(state), TrainConfig.from_dict(state["config"]), state["specs"],
-            _run_dir(resolve_checkpoint(path)), state.get("step"))
+    try:
+        generator, cfg = generator_from_state(state), TrainConfig.from_dict(state["config"])
+    except (KeyError, RuntimeError, TypeError) as e:
+        problem = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise FastMMGANError(f"{path}: checkpoint does not describe a loadable generator: {problem}") from None
+    return generator, cfg, state["specs"], _run_dir(resolve_checkpoint(path)), state.get("step")
 
 
-def _load_onnx(path: Path, run: Path | None) -> tuple[Any, TrainConfig, None, Path, None]:
+def _load_onnx(path: Path, run: Path | None) -> tuple[Any, TrainConfig, None, Path, int | None]:
     if not path.is_file():
         raise FastMMGANError(f"ONNX model not found: {path}")
     try:
@@ -55,16 +59,24 @@ def _load_onnx(path: Path, run: Path | None) -> tuple[Any, TrainConfig, None, Pa
     except ImportError as e:
         raise FastMMGANError(f"cannot evaluate {path}: the ONNX runtime wrapper is unavailable ({e})") from None
     model = OnnxGenerator(path)
+    cfg, run_dir = _onnx_run_config(path, run)
+    meta = getattr(model, "metadata", None)
+    if getattr(meta, "config_hash", cfg.model_hash()) != cfg.model_hash():
+        raise FastMMGANError(f"{path} was not exported from the run in {run_dir} (its model or dataset differ)")
+    return model, cfg, None, run_dir, getattr(meta, "step", None)
+
+
+def _onnx_run_config(path: Path, run: Path | None) -> tuple[TrainConfig, Path]:
+    """The config of the run an ONNX file came from: ``--run``, else a ``config.json`` beside it or one up."""
     if run is not None:
         state = load_checkpoint(run)
-        return model, TrainConfig.from_dict(state["config"]), None, _run_dir(resolve_checkpoint(run)), None
-    embedded = getattr(model, "config", None)
-    if isinstance(embedded, Mapping):
-        return model, TrainConfig.from_dict(dict(embedded)), None, path.parent, None
+        return TrainConfig.from_dict(state["config"]), _run_dir(resolve_checkpoint(run))
     for folder in (path.parent, path.parent.parent):
         if (folder / "config.json").is_file():
-            cfg = TrainConfig.from_dict(json.loads((folder / "config.json").read_text()))
-            return model, cfg, None, folder, None
+            try:
+                return TrainConfig.from_dict(json.loads((folder / "config.json").read_text())), folder
+            except (ValueError, TypeError) as e:
+                raise FastMMGANError(f"{folder / 'config.json'} is not a readable run config: {e}") from None
     raise FastMMGANError(f"{path}: no config.json beside it; pass --run RUN (the run it was exported from) "
                          "so the evaluation uses that run's dataset and test split")
 

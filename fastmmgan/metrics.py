@@ -5,7 +5,7 @@ split only, deterministically on the CPU, and cached beside the run. What it mea
 
 - ``acc/A_to_B``: share of samples generated from a test-split condition A whose B is classified as A's label;
 - ``agreement``: share of samples generated from noise whose modalities all get the same label;
-- ``coverage``: share of classes generated from noise at no less than a quarter of their real rate;
+- ``coverage``: share of classes generated from noise at no less than a quarter of their real rate (worst modality);
 - ``fid``: Frechet distance in the classifier's penultimate-layer space between generated and real test samples,
   next to ``fid_floor``, the same distance between real train and real test samples;
 - ``precision`` / ``recall``: improved precision and recall (k-NN radii, Kynkaanniemi et al. 2019) in that space.
@@ -42,6 +42,7 @@ TRAIN_STEPS = 150
 LR = 3e-3
 WEIGHT_DECAY = 1e-4
 INPUT_NOISE = 0.1
+STOP_LOSS = 0.02
 COVERED_RATIO = 0.25
 DEFAULT_K = 3
 
@@ -133,7 +134,7 @@ class Evaluators:
 def cache_key(train_ds: MultimodalDataset, seed: int) -> str:
     """Hash of everything the evaluators depend on: the train split's content, specs, seed and recipe."""
     h = hashlib.sha256()
-    recipe = [VERSION, seed, HIDDEN, FEATURES, TRAIN_STEPS, LR, WEIGHT_DECAY, INPUT_NOISE]
+    recipe = [VERSION, seed, HIDDEN, FEATURES, TRAIN_STEPS, LR, WEIGHT_DECAY, INPUT_NOISE, STOP_LOSS]
     h.update(json.dumps({"recipe": recipe, "specs": [s.to_dict() for s in train_ds.specs]}, sort_keys=True).encode())
     for t in (*train_ds.features, train_ds.mask, *(() if train_ds.labels is None else (train_ds.labels,))):
         h.update(t.contiguous().cpu().numpy().tobytes())
@@ -142,7 +143,8 @@ def cache_key(train_ds: MultimodalDataset, seed: int) -> str:
 
 def _train_classifier(x: torch.Tensor, targets: torch.Tensor, classes: int, seed: int) -> Classifier:
     """Full-batch Adam on cross-entropy, inputs jittered by Gaussian noise so blurry generated samples still
-    land on the right side. Deterministic: the init and the noise come from ``seed``."""
+    land on the right side; stops early once the jittered train loss is under STOP_LOSS (easy modalities such
+    as captions and keypad tones fit in a few dozen steps). Deterministic: init and noise come from ``seed``."""
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -151,6 +153,8 @@ def _train_classifier(x: torch.Tensor, targets: torch.Tensor, classes: int, seed
     for _ in range(TRAIN_STEPS):
         noisy = x + INPUT_NOISE * torch.randn(x.shape, generator=gen)
         loss = nn.functional.cross_entropy(net(noisy), targets)
+        if loss.item() < STOP_LOSS:
+            break
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -159,8 +163,9 @@ def _train_classifier(x: torch.Tensor, targets: torch.Tensor, classes: int, seed
 
 @contextmanager
 def _one_thread() -> Iterator[None]:
-    """Run on one CPU thread, then restore: the evaluators come out bit-identical whatever the host's thread
-    count, and these small matrix products gain nothing from threads on a loaded machine."""
+    """Run on one CPU thread, then restore: evaluators and metrics come out bit-identical whatever the host's
+    thread count, and these small matrix products gain nothing from threads (on a loaded 2-core machine,
+    two threads took 8x the CPU time of one)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -289,13 +294,27 @@ def _torch_feature_fn(gen: Any) -> FeatureFn:
     return run
 
 
-def _raw_feature_fn(source: Any) -> FeatureFn:
-    """Sources that take raw conditions (the ONNX wrapper): conditions are decoded from test features (audio by
-    Griffin-Lim, so slightly lossy) and raw outputs encoded back into features."""
+def _array_feature_fn(source: Any) -> FeatureFn:
+    """Sources with a feature-level ``run(z, xs, mask)`` on numpy arrays (the ONNX wrapper): exact conditions,
+    the same noise as the PyTorch path for the same seed."""
     specs = tuple(source.modalities)
 
     def run(given: Mapping[str, torch.Tensor], n: int, seed: int) -> list[torch.Tensor]:
-        raw = {s.name: s.decode(given[s.name]) for s in specs if s.name in given}
+        xs = [(given[s.name] if s.name in given else torch.zeros(n, s.dim)).numpy() for s in specs]
+        mask = np.tile(np.array([[s.name in given for s in specs]], dtype=np.float32), (n, 1))
+        z = draw_noise(n, source.z_dim, seed).numpy()
+        return [torch.as_tensor(np.asarray(o, dtype=np.float32)) for o in source.run(z, xs, mask)]
+
+    return run
+
+
+def _raw_feature_fn(source: Any) -> FeatureFn:
+    """Sources that only take raw conditions: conditions are decoded from test features (audio by Griffin-Lim,
+    so slightly lossy) and raw outputs, when that is all there is, encoded back into features."""
+    specs = tuple(source.modalities)
+
+    def run(given: Mapping[str, torch.Tensor], n: int, seed: int) -> list[torch.Tensor]:
+        raw = {s.name: _decode_rows(s, given[s.name]) for s in specs if s.name in given}
         if hasattr(source, "sample_features"):
             feats, _ = source.sample_features(n, raw, seed)
             return [torch.as_tensor(f).float().cpu() for f in feats]
@@ -303,6 +322,15 @@ def _raw_feature_fn(source: Any) -> FeatureFn:
         return [_encode_output(s, out[s.name]) for s in specs]
 
     return run
+
+
+def _decode_rows(spec: ModalitySpec, features: torch.Tensor) -> Any:
+    """Raw conditions for features [n, dim], decoding each distinct row once (conditions repeat)."""
+    unique, inverse = torch.unique(features, dim=0, return_inverse=True)
+    raw = spec.decode(unique)
+    if isinstance(raw, list):
+        return [raw[i] for i in inverse.tolist()]
+    return raw[inverse.numpy()]
 
 
 def _encode_output(spec: ModalitySpec, value: Any) -> torch.Tensor:
@@ -313,15 +341,20 @@ def _encode_output(spec: ModalitySpec, value: Any) -> torch.Tensor:
 
 def feature_source(source: Any) -> tuple[tuple[ModalitySpec, ...], FeatureFn]:
     """Specs and a ``(given features by name, n, seed) -> features per modality`` function for anything that
-    generates: a :class:`~fastmmgan.models.Generator`, a :class:`~fastmmgan.sampler.Sampler` or an object with
-    ``.modalities`` and ``.sample(n, given, seed)`` / ``.sample_features(n, given, seed)`` (the ONNX wrapper)."""
+    generates, best path first: a :class:`~fastmmgan.models.Generator` (or a :class:`~fastmmgan.sampler.Sampler`
+    holding one); an object with ``.modalities``, ``.z_dim`` and ``.run(z, xs, mask)`` on numpy arrays
+    (``fastmmgan.export.OnnxGenerator``); an object with ``.modalities`` and ``.sample_features(n, given, seed)``
+    or ``.sample(n, given, seed)`` taking raw conditions."""
     if _is_torch_generator(source):
         return tuple(source.specs), _torch_feature_fn(source)
     inner = getattr(source, "generator", None)
     if _is_torch_generator(inner):
         return tuple(inner.specs), _torch_feature_fn(inner)
-    if hasattr(source, "modalities") and (hasattr(source, "sample_features") or hasattr(source, "sample")):
-        return tuple(source.modalities), _raw_feature_fn(source)
+    if hasattr(source, "modalities"):
+        if hasattr(source, "z_dim") and callable(getattr(source, "run", None)):
+            return tuple(source.modalities), _array_feature_fn(source)
+        if hasattr(source, "sample_features") or hasattr(source, "sample"):
+            return tuple(source.modalities), _raw_feature_fn(source)
     raise FastMMGANError(f"cannot evaluate a {type(source).__name__}: expected a Generator, a Sampler or an object "
                          "with .modalities and .sample(n, given, seed)")
 
@@ -347,19 +380,19 @@ class Evaluator:
     """Scores generators against one dataset split. Build it once (it trains or loads the evaluators and
     embeds the real data), then call :meth:`evaluate` as often as needed."""
 
-    def __init__(self, train_ds: MultimodalDataset, test_ds: MultimodalDataset, evaluators: Evaluators,
-                 seed: int = 0) -> None:
+    def __init__(self, train_ds: MultimodalDataset, test_ds: MultimodalDataset, evaluators: Evaluators) -> None:
         _check_specs(evaluators.specs, test_ds.specs)
-        self.train_ds, self.test_ds, self.evaluators, self.seed = train_ds, test_ds, evaluators, seed
+        self.train_ds, self.test_ds, self.evaluators = train_ds, test_ds, evaluators
         self.specs = evaluators.specs
         self._test_embed = {s.name: self._embed_present(test_ds, m) for m, s in enumerate(self.specs)}
         self._train_embed = {s.name: self._embed_present(train_ds, m) for m, s in enumerate(self.specs)}
-        self._floors: dict[tuple[int, int], dict[str, float]] = {}
+        self._floors: dict[tuple[int, int, int], dict[str, float]] = {}
 
     @classmethod
     def build(cls, train_ds: MultimodalDataset, test_ds: MultimodalDataset, cache_path: str | Path | None = None,
               seed: int = 0) -> Evaluator:
-        return cls(train_ds, test_ds, load_or_train_evaluators(train_ds, cache_path, seed), seed)
+        """Evaluators from ``cache_path`` (or trained with ``seed`` and cached there) for these splits."""
+        return cls(train_ds, test_ds, load_or_train_evaluators(train_ds, cache_path, seed))
 
     def _embed_present(self, ds: MultimodalDataset, m: int) -> torch.Tensor:
         return self.evaluators.embed(self.specs[m].name, ds.features[m][ds.mask[:, m]])
@@ -376,13 +409,19 @@ class Evaluator:
         return out
 
     def evaluate(self, source: Any, n: int = 1000, seed: int = 0, k: int = DEFAULT_K) -> dict[str, float]:
-        """Every metric for ``source`` (see :func:`feature_source`) from ``n`` samples per direction: flat keys
-        ``acc/A_to_B``, ``agreement``, ``coverage``, ``fid``, ``fid_floor``, ``precision``, ``recall`` and per
-        modality ``fid/<name>``, ``coverage/<name>``, ``class_ratio/<name>/<label>``..."""
+        """Every metric for ``source`` (see :func:`feature_source`) from ``n`` samples per direction (conditions
+        cycle through the test split), as flat keys: ``acc/A_to_B``, ``evaluator_acc/<name>``, ``agreement``,
+        ``coverage`` (worst modality), ``coverage/<name>``, ``class_ratio/<name>/<label>``; ``fid``, ``fid_floor``,
+        ``fid_ratio``, ``precision``, ``recall`` (+ ``_floor``) for the primary modality and ``fid/<name>`` etc.
+        for each. Runs on one CPU thread (the generator stays on its device); ``seed`` fixes noise and order."""
         if not isinstance(n, int) or n < 2:
             raise FastMMGANError(f"n must be an integer >= 2, got {n!r}")
         specs, generate = feature_source(source)
         _check_specs(specs, self.specs)
+        with _one_thread():
+            return self._evaluate(generate, n, seed, k)
+
+    def _evaluate(self, generate: FeatureFn, n: int, seed: int, k: int) -> dict[str, float]:
         metrics = self.real_accuracy()
         if self.evaluators.labelled and self.test_ds.labels is not None:
             metrics.update(self._conditional(generate, n, seed))

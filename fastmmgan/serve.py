@@ -112,6 +112,7 @@ class MicroBatcher:
         self.requests = self.runs = self.rows = self.largest_batch = 0
         self._queue: asyncio.Queue[_Job] | None = None
         self._carry: _Job | None = None
+        self._running: list[_Job] = []
         self._task: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
 
@@ -125,7 +126,7 @@ class MicroBatcher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        pending = [self._carry] if self._carry else []
+        pending = [*self._running, *([self._carry] if self._carry else [])]
         while self._queue is not None and not self._queue.empty():
             pending.append(self._queue.get_nowait())
         for job in pending:
@@ -185,15 +186,18 @@ class MicroBatcher:
             jobs = await self._collect()
             if not jobs:
                 continue
+            self._running = jobs
             try:
                 outputs = await loop.run_in_executor(self._executor, self._run, jobs)
             except Exception as e:  # hand every waiting request the failure; keep serving
-                for job in jobs:
-                    if not job.future.done():
-                        job.future.set_exception(e)
-                continue
+                outputs = [e] * len(jobs)
+            self._running = []
             for job, out in zip(jobs, outputs, strict=True):
-                if not job.future.done():
+                if job.future.done():
+                    continue
+                if isinstance(out, Exception):
+                    job.future.set_exception(out)
+                else:
                     job.future.set_result(out)
 
     def _run(self, jobs: list[_Job]) -> list[list[np.ndarray]]:
@@ -370,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free port, printed at start)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: physical cores)")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (None: physical cores)")
     p.add_argument("--spin", action="store_true", help="let ONNX Runtime's threads busy-wait (only on dedicated cores)")
     p.add_argument("--max-n", type=int, default=d.max_n, help="most samples one request may ask for")
     p.add_argument("--max-batch", type=int, default=d.max_batch, help="most rows merged into one ONNX Runtime run")

@@ -45,8 +45,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue from a checkpoint: a path, or with no value the --out run's last checkpoint")
     p.add_argument("--ckpt-every", type=int, default=_DEFAULTS.ckpt_every, help="steps between checkpoints (0: only at the end)")
     p.add_argument("--keep-checkpoints", type=int, default=_DEFAULTS.keep_checkpoints, help="how many step checkpoints to keep")
-    p.add_argument("--sample-every", type=int, default=_DEFAULTS.sample_every, help="steps between sample sheets (0: only at the end)")
+    p.add_argument("--sample-every", type=int, default=_DEFAULTS.sample_every,
+                   help="steps between sample sheets (0: only at the end)")
+    p.add_argument("--eval-every", type=int, default=_DEFAULTS.eval_every,
+                   help="steps between quality metrics in metrics.jsonl and TensorBoard (0: never)")
     p.add_argument("--log-every", type=int, default=_DEFAULTS.log_every, help="steps between metrics lines")
+    p.add_argument("--max-bad-steps", type=int, default=_DEFAULTS.max_bad_steps,
+                   help="stop after this many non-finite (skipped) updates in a row")
+    p.add_argument("--dist-timeout", type=float, default=_DEFAULTS.dist_timeout,
+                   help="seconds a process waits for the others under torchrun before failing")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
 

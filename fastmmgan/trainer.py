@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +16,11 @@ import torch
 from tqdm.auto import tqdm
 
 from . import __version__
-from .checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+from .checkpoint import CHECKPOINT_DIR, atomic_write_bytes, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import MultimodalDataset, load_dataset
-from .errors import FastMMGANError
+from .distributed import DistInfo, barrier, init_distributed
+from .errors import FastMMGANError, TrainingDiverged
 from .models import Discriminator, Generator
 from .samples import write_samples
 from .step import StepInputs, build_step
@@ -36,6 +39,9 @@ def _seed_for(*key: int) -> int:
     return int(np.random.SeedSequence([k & 0xFFFFFFFF for k in key]).generate_state(1)[0])
 
 
+UNCONDITIONAL_SHARE = 0.25
+
+
 def draw_step_inputs(
     ds: MultimodalDataset, step: int, cfg: TrainConfig, rank: int = 0, world: int = 1
 ) -> StepInputs:
@@ -44,6 +50,11 @@ def draw_step_inputs(
     The global batch is drawn whole and rank ``rank`` of ``world`` takes its slice, so any number of
     processes sees the same global batch. Batches walk a per-epoch permutation; the ragged tail is dropped.
     Mismatched samples take one present modality from a random other row of the batch.
+
+    The generator is given a random proper subset of each row's modalities: none for a quarter of the rows
+    (unconditional generation), else uniform over the non-empty proper subsets. Rows are ordered by that
+    subset, so the discriminator's minibatch-stddev groups compare samples made the same way and a
+    collapsed unconditional generator stands out.
     """
     n, b = len(ds), cfg.batch_size
     per_epoch = n // b
@@ -52,8 +63,10 @@ def draw_step_inputs(
     idx = perm[pos * b : (pos + 1) * b]
     gen = torch.Generator().manual_seed(_seed_for(cfg.seed, step, 1))
     m = len(ds.specs)
-    patterns = torch.randint(0, 2**m - 1, (b, 1), generator=gen)
-    bits = (patterns >> torch.arange(m)) & 1
+    unconditional = torch.rand(b, generator=gen) < UNCONDITIONAL_SHARE
+    some = torch.randint(1, max(2, 2**m - 1), (b,), generator=gen) if m > 1 else torch.zeros(b, dtype=torch.long)
+    patterns = torch.where(unconditional, 0, some).sort().values
+    bits = (patterns[:, None] >> torch.arange(m)) & 1
     mask = ds.mask[idx]
     given = bits.bool() & mask
     real = [x[idx] for x in ds.features]
@@ -78,7 +91,10 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, out_dir: str | Path, resume: str | Path | None = None) -> None:
         self.cfg = cfg
         self.out = Path(out_dir)
-        self.device = resolve_device(cfg.device)
+        self.dist: DistInfo = init_distributed(resolve_device(cfg.device), cfg.dist_timeout)
+        self.device = self.dist.device
+        if cfg.batch_size % self.dist.world:
+            raise FastMMGANError(f"batch-size {cfg.batch_size} (global) must be divisible by the {self.dist.world} processes")
         torch.manual_seed(cfg.seed)
         ds = load_dataset(cfg.dataset, cfg.data, seed=cfg.seed)
         if len(ds) < 2:
@@ -96,6 +112,8 @@ class Trainer:
         self.step = 0
         if resume is not None:
             self.load_state(load_checkpoint(resume))
+        self._first_step = self.step
+        self._evaluator = None
         self.step_fn = build_step(self.G, self.D, self.ema, self.opt_g, self.opt_d, cfg, self.device)
 
     def _calibrate(self) -> None:
@@ -159,51 +177,130 @@ class Trainer:
         return sample_dir
 
     def run(self, progress: bool = True) -> dict[str, float]:
-        """Train until ``cfg.steps``; returns the last logged metrics."""
-        cfg = self.cfg
-        self.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(self.out / "config.json", json.dumps(cfg.to_dict(), indent=2).encode())
-        from torch.utils.tensorboard import SummaryWriter
+        """Train until ``cfg.steps``; returns the last logged metrics.
 
-        writer = SummaryWriter(str(self.out / "tb"))
-        last: dict[str, float] = {}
-        bar = tqdm(total=cfg.steps, initial=self.step, disable=not progress, desc="train", unit="step")
+        Only rank 0 writes (config, checkpoints, samples, logs); the others wait at a barrier whenever a
+        checkpoint is written. Non-finite updates are skipped by the step and counted here; after
+        ``cfg.max_bad_steps`` in a row training stops with :class:`TrainingDiverged`, leaving the last
+        good checkpoint as it was.
+        """
+        cfg, main = self.cfg, self.dist.is_main
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            remove_stale_temp_files(self.out)
+            atomic_write_bytes(self.out / "config.json", json.dumps(cfg.to_dict(), indent=2).encode())
+        log = RunLog(self.out, enabled=main)
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not (progress and main), desc="train", unit="step")
+        bad_run = torch.zeros((), device=self.device)
+        worst_run = torch.zeros((), device=self.device)
+        skipped = torch.zeros((), device=self.device)
         t_window, n_window = time.perf_counter(), 0
+        last: dict[str, float] = {}
         try:
-            with open(self.out / "metrics.jsonl", "a") as log:
-                while self.step < cfg.steps:
-                    batch = draw_step_inputs(self.train_ds, self.step, cfg).to(self.device)
-                    losses = self.step_fn(batch)
-                    self.step += 1
-                    n_window += 1
-                    if cfg.log_every and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
-                        now = time.perf_counter()
-                        last = {k: float(v) for k, v in losses.items()}
-                        last["steps_per_s"] = n_window / (now - t_window)
-                        t_window, n_window = now, 0
-                        log.write(json.dumps({"step": self.step, **last}) + "\n")
-                        log.flush()
-                        for key, value in last.items():
-                            writer.add_scalar(f"train/{key}", value, self.step)
-                        bar.set_postfix({k: f"{v:.3g}" for k, v in last.items()})
-                    bar.update(1)
-                    if cfg.sample_every and self.step % cfg.sample_every == 0:
-                        self.write_samples()
-                    if cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
-                        self.save()
+            while self.step < cfg.steps:
+                batch = draw_step_inputs(self.train_ds, self.step, cfg, self.dist.rank, self.dist.world)
+                out = self.step_fn(batch.to(self.device))
+                if self.step == self._first_step and getattr(self.step_fn, "compile_seconds", None) is not None:
+                    log.event("compiled", step=self.step, seconds=round(self.step_fn.compile_seconds, 2))
+                self.step += 1
+                n_window += 1
+                bad = out.get("skipped", torch.zeros((), device=self.device)).detach()
+                bad_run = (bad_run + 1) * bad
+                worst_run = torch.maximum(worst_run, bad_run)
+                skipped += bad
+                if cfg.log_every and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
+                    now = time.perf_counter()
+                    last = {"loss_d": float(out["loss_d"]), "loss_g": float(out["loss_g"]), "skipped": float(skipped),
+                            "steps_per_s": n_window / (now - t_window)}
+                    t_window, n_window, skipped = now, 0, torch.zeros_like(skipped)
+                    log.scalars(self.step, last)
+                    bar.set_postfix({k: f"{v:.3g}" for k, v in last.items() if k != "skipped"})
+                bar.update(1)
+                if self.step % cfg.max_bad_steps == 0 or self.step == cfg.steps:
+                    self._check_divergence(int(worst_run.item()), log)
+                if cfg.sample_every and self.step % cfg.sample_every == 0:
+                    self._on_rank0(self.write_samples)
+                if cfg.eval_every and self.step % cfg.eval_every == 0:
+                    self._on_rank0(lambda: log.scalars(self.step, self.evaluate(), prefix="eval"))
+                if cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
+                    self._check_divergence(int(worst_run.item()), log)
+                    self._on_rank0(self.save)
             if not (cfg.ckpt_every and self.step % cfg.ckpt_every == 0):
-                self.save()
+                self._on_rank0(self.save)
             if not (cfg.sample_every and self.step % cfg.sample_every == 0):
-                self.write_samples()
+                self._on_rank0(self.write_samples)
         finally:
             bar.close()
-            writer.close()
+            log.close()
         return last
+
+    def evaluate(self, n: int = 1000) -> dict[str, float]:
+        """Quality metrics of the EMA generator (see :mod:`fastmmgan.metrics`); evaluators cached in the run."""
+        from .metrics import CACHE_NAME, Evaluator
+
+        if self._evaluator is None:
+            self._evaluator = Evaluator.build(self.train_ds, self.test_ds, cache_path=self.out / CACHE_NAME, seed=self.cfg.seed)
+        scores = self._evaluator.evaluate(self.ema, n=n, seed=self.cfg.seed)
+        return {k: v for k, v in scores.items() if math.isfinite(v)}
+
+    def _check_divergence(self, worst_run: int, log: RunLog) -> None:
+        if worst_run >= self.cfg.max_bad_steps:
+            log.event("diverged", step=self.step, bad_steps_in_a_row=worst_run)
+            raise TrainingDiverged(
+                f"training stopped at step {self.step}: {worst_run} non-finite updates in a row were skipped; "
+                f"the last good checkpoint is in {self.out / CHECKPOINT_DIR} (try a lower --lr or another --loss)"
+            )
+
+    def _on_rank0(self, work: Callable[[], object]) -> None:
+        """Run ``work`` on rank 0 while the other processes wait."""
+        if self.dist.is_main:
+            work()
+        barrier(self.dist)
+
+
+class RunLog:
+    """metrics.jsonl (one JSON object a line) and TensorBoard scalars; a no-op off rank 0."""
+
+    def __init__(self, out: Path, enabled: bool = True) -> None:
+        self.enabled = enabled
+        if not enabled:
+            return
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.file = open(out / "metrics.jsonl", "a")
+        self.writer = SummaryWriter(str(out / "tb"))
+
+    def scalars(self, step: int, values: dict[str, float], prefix: str = "train") -> None:
+        if not self.enabled:
+            return
+        self._line({"step": step, **(values if prefix == "train" else {f"{prefix}/{k}": v for k, v in values.items()})})
+        for key, value in values.items():
+            self.writer.add_scalar(f"{prefix}/{key}", value, step)
+
+    def event(self, name: str, **fields: object) -> None:
+        if self.enabled:
+            self._line({"event": name, **fields})
+
+    def _line(self, record: dict[str, object]) -> None:
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.file.close()
+            self.writer.close()
+
+
+def remove_stale_temp_files(out: Path) -> None:
+    """Temp files left by a process killed mid-write are garbage: the files they were for are intact."""
+    for tmp in (out / CHECKPOINT_DIR).glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
 
 
 def _numpy_state() -> dict[str, Any]:
     name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos, "has_gauss": has_gauss, "cached": cached}
+    keys_t = torch.from_numpy(keys.astype(np.int64))
+    return {"name": name, "keys": keys_t, "pos": pos, "has_gauss": has_gauss, "cached": cached}
 
 
 def _numpy_state_from(d: dict[str, Any]) -> tuple:

@@ -19,7 +19,6 @@ pytest.importorskip("triton")
 
 from fastmmgan.kernels import fused_dense_triton, shared_projection_triton  # noqa: E402
 from fastmmgan.kernels.fused_dense import _precision, _split_rows  # noqa: E402
-
 from fastmmgan.ops import fused_dense_reference, shared_projection_reference  # noqa: E402
 
 K_IN, N_OUT = 37, 45

@@ -1,0 +1,232 @@
+"""Sampling from an exported generator with ONNX Runtime, interchangeable with :func:`fastmmgan.load_generator`.
+
+``OnnxGenerator(path).sample(n, given, seed)`` turns ``given`` and ``seed`` into the graph's inputs with the
+same helpers as the PyTorch :class:`fastmmgan.Sampler` (``encode_conditions``, ``draw_noise``,
+``decode_outputs``), so both give the same samples for the same seed.
+
+Session settings, on purpose:
+- graph optimisation ``ORT_ENABLE_ALL``: Gemm + activation fusions and constant folding of the masks' arithmetic;
+- intra-op threads = physical cores (configurable): hyper-threads share the FMA units a GEMM saturates;
+- inter-op threads = 1 with sequential execution: the graph is a chain, nothing runs in parallel;
+- ``session.intra_op.allow_spinning = 0`` by default: ORT's workers otherwise busy-wait after each run, and in
+  a server they share cores with the event loop, request decoding and PyTorch's own pool (oversubscription).
+  Pass ``allow_spinning=True`` on a machine dedicated to back-to-back runs, where it trims batch-1 latency.
+
+Execution provider: ``device="auto"`` asks for CUDA only when the CUDA driver reports a GPU (onnxruntime-gpu
+lists ``CUDAExecutionProvider`` as available even with no GPU, then logs an error and falls back to CPU).
+After the session is built, :attr:`OnnxGenerator.provider` is the provider that actually runs the graph, and it
+is logged; asking explicitly for ``cuda`` and getting CPU is an error. On CUDA, runs use IOBinding so
+outputs are written into device buffers ORT binds once per run and copied back in one step.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from fastmmgan.errors import FastMMGANError
+from fastmmgan.modalities import ModalitySpec
+from fastmmgan.sampler import decode_outputs, draw_noise, encode_conditions
+
+from .metadata import GeneratorMetadata, io_names
+
+log = logging.getLogger("fastmmgan.export")
+
+CPU_PROVIDER = "CPUExecutionProvider"
+CUDA_PROVIDER = "CUDAExecutionProvider"
+
+
+def physical_cores() -> int:
+    """Cores this process may run on, counting each physical core once (hyper-threads excluded)."""
+    logical = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        siblings = Path("/sys/devices/system/cpu/cpu0/topology/thread_siblings_list").read_text().strip()
+    except OSError:
+        return max(1, logical)
+    per_core = 0
+    for part in siblings.split(","):
+        lo, _, hi = part.partition("-")
+        per_core += int(hi or lo) - int(lo) + 1
+    return max(1, logical // max(1, per_core))
+
+
+def cuda_device_count() -> int:
+    """GPUs the CUDA driver reports (0 when there is no driver): decides whether ``auto`` tries CUDA at all."""
+    for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            continue
+        count = ctypes.c_int(0)
+        if lib.cuInit(0) != 0 or lib.cuDeviceGetCount(ctypes.byref(count)) != 0:
+            return 0
+        return count.value
+    return 0
+
+
+def session_options(intra_op_threads: int | None = None, allow_spinning: bool = False) -> ort.SessionOptions:
+    """The session settings described in the module docstring."""
+    threads = physical_cores() if intra_op_threads is None else intra_op_threads
+    if threads < 1:
+        raise FastMMGANError(f"intra-op threads must be positive, got {threads}")
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return so
+
+
+def parse_device(device: str) -> tuple[str, int]:
+    """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` -> (kind, device id)."""
+    kind, _, index = device.partition(":")
+    if kind not in ("auto", "cpu", "cuda") or (index and (kind != "cuda" or not index.isdigit())):
+        raise FastMMGANError(f"unknown device {device!r} (expected auto, cpu, cuda or cuda:N)")
+    return kind, int(index or 0)
+
+
+def _providers(kind: str, device_id: int) -> list[Any]:
+    wants_cuda = kind == "cuda" or (kind == "auto" and cuda_device_count() > 0)
+    if wants_cuda and CUDA_PROVIDER in ort.get_available_providers():
+        return [(CUDA_PROVIDER, {"device_id": device_id}), CPU_PROVIDER]
+    if kind == "cuda":
+        raise FastMMGANError(
+            f"device 'cuda' requested but this ONNX Runtime has no {CUDA_PROVIDER} (install onnxruntime-gpu)"
+        )
+    return [CPU_PROVIDER]
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _load_model_source(model: str | Path | bytes) -> tuple[str | bytes, str]:
+    if isinstance(model, bytes):
+        return model, "the ONNX model"
+    path = Path(model)
+    if not path.is_file():
+        raise FastMMGANError(f"ONNX model not found: {path}" if not path.exists() else f"{path} is not a file")
+    return str(path), str(path)
+
+
+def _create_session(
+    source: str | bytes, label: str, options: ort.SessionOptions, providers: list[Any]
+) -> ort.InferenceSession:
+    try:
+        return ort.InferenceSession(source, options, providers=providers)
+    except Exception as e:  # onnxruntime's pybind exceptions derive from Exception only
+        problem = _first_line(e)
+        raise FastMMGANError(f"{label} is not a loadable ONNX model (corrupt or truncated?): {problem}") from None
+
+
+class OnnxGenerator:
+    """An exported generator in an ONNX Runtime session, with the :class:`fastmmgan.Sampler` interface.
+
+    ``model``: a ``.onnx`` path (or its bytes). ``device``: ``auto`` (CUDA when a GPU and the CUDA provider are
+    there, else CPU), ``cpu``, ``cuda`` or ``cuda:N``. ``use_iobinding``: default on for CUDA, off for CPU.
+    """
+
+    def __init__(
+        self,
+        model: str | Path | bytes,
+        device: str = "auto",
+        intra_op_threads: int | None = None,
+        allow_spinning: bool = False,
+        use_iobinding: bool | None = None,
+    ) -> None:
+        source, self.source = _load_model_source(model)
+        kind, self.device_id = parse_device(device)
+        options = session_options(intra_op_threads, allow_spinning)
+        self.session = _create_session(source, self.source, options, _providers(kind, self.device_id))
+        self.metadata = GeneratorMetadata.from_props(self.session.get_modelmeta().custom_metadata_map, self.source)
+        self.input_names, self.output_names = io_names(self.metadata.specs)
+        self._widths = [self.z_dim, *(s.dim for s in self.modalities), len(self.modalities)]
+        self._check_signature()
+        self.providers: list[str] = self.session.get_providers()
+        self.provider: str = self.providers[0]
+        self._check_provider(kind)
+        self.use_iobinding = self.provider == CUDA_PROVIDER if use_iobinding is None else use_iobinding
+        self.intra_op_threads = options.intra_op_num_threads
+        log.info("ONNX Runtime runs %s on %s (%d intra-op threads)", self.source, self.provider, self.intra_op_threads)
+
+    @property
+    def modalities(self) -> tuple[ModalitySpec, ...]:
+        return self.metadata.specs
+
+    @property
+    def z_dim(self) -> int:
+        return self.metadata.z_dim
+
+    def _check_signature(self) -> None:
+        out_widths = [s.dim for s in self.modalities]
+        expected_in = {name: ("tensor(float)", w) for name, w in zip(self.input_names, self._widths, strict=True)}
+        expected_out = {name: ("tensor(float)", w) for name, w in zip(self.output_names, out_widths, strict=True)}
+        for args, expected in ((self.session.get_inputs(), expected_in), (self.session.get_outputs(), expected_out)):
+            found = {a.name: (a.type, a.shape[1] if len(a.shape) == 2 else None) for a in args}
+            if found != expected:
+                raise FastMMGANError(f"{self.source}: graph inputs/outputs {found} differ from its metadata {expected}")
+
+    def _check_provider(self, kind: str) -> None:
+        if self.provider == CUDA_PROVIDER or kind == "cpu":
+            return
+        if kind == "cuda":
+            raise FastMMGANError(
+                f"device 'cuda' requested but ONNX Runtime fell back to {self.provider} "
+                "(see its log above: CUDA or cuDNN libraries missing?)"
+            )
+        if cuda_device_count() > 0:
+            log.warning("a GPU is present but ONNX Runtime runs on %s (CUDA provider failed; see its log)",
+                        self.provider)
+
+    def run(self, z: np.ndarray, xs: Sequence[np.ndarray], mask: np.ndarray) -> list[np.ndarray]:
+        """One ORT run: z [B, z_dim], xs M arrays [B, dim_m], mask [B, M] (1 = given) -> M float32 arrays [B, dim_m]."""
+        arrays = [np.ascontiguousarray(a, dtype=np.float32) for a in (z, *xs, mask)]
+        if len(arrays) != len(self._widths):
+            raise FastMMGANError(f"expected {len(self.modalities)} feature arrays, got {len(xs)}")
+        batch = len(arrays[0])
+        for name, a, width in zip(self.input_names, arrays, self._widths, strict=True):
+            if a.shape != (batch, width):
+                raise FastMMGANError(f"input {name!r}: expected shape [{batch}, {width}], got {list(a.shape)}")
+        feed = dict(zip(self.input_names, arrays, strict=True))
+        if self.use_iobinding:
+            return self._run_bound(feed)
+        return self.session.run(self.output_names, feed)
+
+    def _run_bound(self, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        device = "cuda" if self.provider == CUDA_PROVIDER else "cpu"
+        binding = self.session.io_binding()
+        for name, array in feed.items():
+            binding.bind_cpu_input(name, array)
+        for name in self.output_names:
+            binding.bind_output(name, device, self.device_id)
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()
+
+    def sample_features(
+        self, n: int, given: Mapping[str, Any] | None = None, seed: int | None = None
+    ) -> tuple[list[torch.Tensor], dict[str, Any]]:
+        """Generated features [n, dim_m] per modality (CPU float32 tensors) and the normalised conditions."""
+        xs, mask, raw = encode_conditions(self.modalities, n, given)
+        z = draw_noise(n, self.z_dim, seed)
+        out = self.run(z.numpy(), [x.numpy() for x in xs], mask.float().numpy())
+        return [torch.from_numpy(o) for o in out], raw
+
+    def sample(self, n: int, given: Mapping[str, Any] | None = None, seed: int | None = None) -> dict[str, Any]:
+        """n samples of every modality, exactly as :meth:`fastmmgan.Sampler.sample` returns them."""
+        feats, raw = self.sample_features(n, given, seed)
+        return decode_outputs(self.modalities, feats, raw)
+
+    def __repr__(self) -> str:
+        names = ", ".join(s.name for s in self.modalities)
+        return f"OnnxGenerator({self.source!r}, modalities=[{names}], provider={self.provider})"

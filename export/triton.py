@@ -1,0 +1,59 @@
+"""A model-repository entry for NVIDIA Triton Inference Server: ``<repo>/<name>/1/model.onnx`` + ``config.pbtxt``.
+
+Triton's ONNX Runtime backend serves the exported file as is. The batch axis is Triton's implicit one: with
+``max_batch_size > 0`` (which dynamic batching requires) ``dims`` list the per-sample shape only and Triton
+reports every tensor as ``[-1, dim]``; writing ``-1`` for the batch inside ``dims`` as well would declare a
+second batch axis. Dynamic batching merges concurrent requests, like ``python -m fastmmgan.serve`` does.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from fastmmgan.checkpoint import atomic_write_bytes
+from fastmmgan.errors import FastMMGANError
+
+from .metadata import GeneratorMetadata, io_names
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+MAX_QUEUE_DELAY_US = 2000
+
+
+def _tensor(name: str, width: int) -> str:
+    return f'  {{\n    name: "{name}"\n    data_type: TYPE_FP32\n    dims: [ {width} ]\n  }}'
+
+
+def triton_config(meta: GeneratorMetadata, name: str, max_batch_size: int = 1024) -> str:
+    """The ``config.pbtxt`` text: float32 inputs/outputs, batch axis implicit, dynamic batching on."""
+    inputs, outputs = io_names(meta.specs)
+    in_widths = [meta.z_dim, *(s.dim for s in meta.specs), len(meta.specs)]
+    out_widths = [s.dim for s in meta.specs]
+    return "\n".join([
+        f'name: "{name}"',
+        'backend: "onnxruntime"',
+        f"max_batch_size: {max_batch_size}",
+        "input [\n" + ",\n".join(_tensor(n, w) for n, w in zip(inputs, in_widths, strict=True)) + "\n]",
+        "output [\n" + ",\n".join(_tensor(n, w) for n, w in zip(outputs, out_widths, strict=True)) + "\n]",
+        f"dynamic_batching {{\n  max_queue_delay_microseconds: {MAX_QUEUE_DELAY_US}\n}}",
+        "",
+    ])
+
+
+def check_triton_args(name: str, max_batch_size: int) -> None:
+    """Refuse a model name Triton cannot use as a directory, or a batch limit below 1."""
+    if not _NAME.match(name):
+        raise FastMMGANError(f"Triton model name {name!r}: use letters, digits, '_', '.' or '-'")
+    if max_batch_size < 1:
+        raise FastMMGANError(f"Triton max batch size must be positive, got {max_batch_size}")
+
+
+def write_triton_repo(
+    repo: str | Path, model: bytes, meta: GeneratorMetadata, name: str, max_batch_size: int = 1024
+) -> Path:
+    """Write ``<repo>/<name>/1/model.onnx`` and ``<repo>/<name>/config.pbtxt`` atomically; returns ``<repo>/<name>``."""
+    check_triton_args(name, max_batch_size)
+    model_dir = Path(repo) / name
+    atomic_write_bytes(model_dir / "1" / "model.onnx", model)
+    atomic_write_bytes(model_dir / "config.pbtxt", triton_config(meta, name, max_batch_size).encode())
+    return model_dir

@@ -1,0 +1,84 @@
+"""torchrun + DDP on CPU (gloo, 2 processes): same trajectory as one process, one set of outputs, no hangs."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from fastmmgan.checkpoint import load_checkpoint
+
+STEPS = 6
+ARGS = ["--steps", str(STEPS), "--batch-size", "32", "--g-width", "32", "--d-width", "32", "--z-dim", "8",
+        "--ckpt-every", "3", "--sample-every", "0", "--log-every", "3", "--no-progress", "--dist-timeout", "60"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(nproc: int, *args: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1",
+            "--master_port", str(_free_port()), "-m", "fastmmgan.train", *args]
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_two_processes_follow_the_one_process_trajectory(tmp_path, compiled):
+    flag = "--compile" if compiled else "--no-compile"
+    two = subprocess.run(_torchrun(2, *ARGS, flag, "--out", str(tmp_path / "two")), env=ENV, capture_output=True,
+                         text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = subprocess.run([sys.executable, "-m", "fastmmgan.train", *ARGS, flag, "--out", str(tmp_path / "one")],
+                         env=ENV, capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    a, b = load_checkpoint(tmp_path / "one"), load_checkpoint(tmp_path / "two")
+    assert a["step"] == b["step"] == STEPS
+    for key in ("generator", "discriminator", "ema"):
+        for name, tensor in a[key].items():
+            torch.testing.assert_close(b[key][name], tensor, rtol=1e-4, atol=1e-5, msg=f"{key}.{name}")
+    lines = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines if "step" in line and "loss_d" in line] == [3, 6]
+    assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == ["last.pt", "step_00000003.pt",
+                                                                                    "step_00000006.pt"]
+
+
+def test_resume_with_a_different_number_of_processes(tmp_path):
+    out = tmp_path / "run"
+    short = [a if a != str(STEPS) else "3" for a in ARGS]
+    first = subprocess.run(_torchrun(2, *short, "--no-compile", "--out", str(out)), env=ENV, capture_output=True,
+                           text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = subprocess.run([sys.executable, "-m", "fastmmgan.train", *ARGS, "--no-compile", "--out", str(out), "--resume"],
+                            env=ENV, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert load_checkpoint(out)["step"] == STEPS
+
+
+def test_a_dead_process_stops_the_others(tmp_path):
+    long_run = [a if a != str(STEPS) else "1000000" for a in ARGS]
+    proc = subprocess.Popen(_torchrun(2, *long_run, "--no-compile", "--ckpt-every", "1000000", "--out",
+                                      str(tmp_path / "run")), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        workers: list[int] = []
+        while len(workers) < 2 or not (tmp_path / "run" / "metrics.jsonl").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "training did not start"
+            out = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout
+            workers = [int(p) for p in out.split()]
+            time.sleep(0.2)
+        os.kill(workers[-1], signal.SIGKILL)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode != 0
+    assert "fastmmgan.train" in err and ("SIGKILL" in err or "Signal 9" in err or "exitcode" in err)

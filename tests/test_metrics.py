@@ -1,0 +1,285 @@
+"""Offline quality metrics on cases with known answers: real data, shuffled conditions, a collapsed generator."""
+
+import json
+
+import pytest
+import torch
+
+from fastmmgan import evaluate
+from fastmmgan.cli import run_cli
+from fastmmgan.data import MultimodalDataset, load_dataset
+from fastmmgan.errors import FastMMGANError
+from fastmmgan.metrics import (
+    Evaluator,
+    frechet_distance,
+    load_or_train_evaluators,
+    missing_classes,
+    precision_recall,
+)
+from fastmmgan.models import Generator
+
+N = 500
+
+
+class RealData:
+    """A "generator" that returns real samples: for a condition, the test row nearest to it (the row it was
+    taken from; or, shuffled, a row picked by the noise); from noise, train rows picked by the noise.
+    Same call as a Generator."""
+
+    z_dim = 4
+
+    def __init__(self, test_ds, train_ds, shuffle=False, collapse=False):
+        self.specs = test_ds.specs
+        self.test_ds, self.train_ds, self.shuffle, self.collapse = test_ds, train_ds, shuffle, collapse
+
+    def _rows(self, z, size):
+        return (z[:, 0].abs() * 1e6).long() % size
+
+    def __call__(self, z, xs, given):
+        if self.collapse:
+            return [x[:1].expand(len(z), -1) for x in self.train_ds.features]
+        m = torch.nonzero(given[0]).flatten()
+        if len(m) == 0:
+            return [x[self._rows(z, len(self.train_ds))] for x in self.train_ds.features]
+        if self.shuffle:
+            idx = self._rows(z, len(self.test_ds))
+        else:
+            idx = torch.cdist(xs[int(m[0])], self.test_ds.features[int(m[0])]).argmin(dim=1)
+        return [x[idx] for x in self.test_ds.features]
+
+
+class RawSampler:
+    """An ONNX-wrapper stand-in: raw conditions in, raw outputs out (``.modalities`` and ``.sample``)."""
+
+    def __init__(self, features_source):
+        self.inner = features_source
+        self.modalities = features_source.specs
+        self.calls = 0
+
+    def sample(self, n, given=None, seed=None):
+        self.calls += 1
+        xs = [s.encode(given[s.name]) if s.name in given else torch.zeros(n, s.dim) for s in self.modalities]
+        mask = torch.tensor([[s.name in given for s in self.modalities]]).expand(n, -1)
+        z = torch.randn(n, self.inner.z_dim, generator=torch.Generator().manual_seed(seed))
+        out = self.inner(z, xs, mask)
+        return {s.name: s.decode(f) for s, f in zip(self.modalities, out, strict=True)}
+
+
+class ArrayRunner:
+    """An ONNX-wrapper stand-in at the feature level: ``.modalities``, ``.z_dim`` and ``.run`` on numpy arrays."""
+
+    def __init__(self, features_source):
+        self.inner = features_source
+        self.modalities = features_source.specs
+        self.z_dim = features_source.z_dim
+
+    def run(self, z, xs, mask):
+        out = self.inner(torch.from_numpy(z), [torch.from_numpy(x) for x in xs], torch.from_numpy(mask) > 0)
+        return [o.numpy() for o in out]
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_dataset("digits", seed=0).split(0.2, 0)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory, data):
+    path = tmp_path_factory.mktemp("run") / "evaluators.pt"
+    load_or_train_evaluators(data[0], path, seed=0)
+    return path
+
+
+@pytest.fixture(scope="module")
+def evaluator(data, cache):
+    return Evaluator.build(*data, cache_path=cache, seed=0)
+
+
+@pytest.fixture(scope="module")
+def real_scores(evaluator, data):
+    return evaluator.evaluate(RealData(data[1], data[0]), n=N, seed=0)
+
+
+def test_evaluators_classify_real_test_data(real_scores):
+    assert real_scores["evaluator_acc/image"] > 0.95
+    assert real_scores["evaluator_acc/text"] > 0.99
+    assert real_scores["evaluator_acc/audio"] > 0.99
+
+
+def test_real_data_scores_near_perfect_accuracy_and_the_floor(real_scores):
+    pairs = [(a, b) for a in ("image", "text", "audio") for b in ("image", "text", "audio") if a != b]
+    for a, b in pairs:
+        assert real_scores[f"acc/{a}_to_{b}"] > (0.95 if "image" in (a, b) else 0.99), (a, b)
+    assert real_scores["agreement"] > 0.95
+    assert real_scores["coverage"] == 1.0
+    assert real_scores["fid"] < 1.5 * real_scores["fid_floor"]
+    assert real_scores["fid_ratio"] == pytest.approx(real_scores["fid"] / real_scores["fid_floor"])
+    assert real_scores["precision"] > 0.8 and real_scores["recall"] > 0.8
+    assert missing_classes(real_scores, "image") == []
+
+
+def test_shuffled_conditions_score_near_chance(evaluator, data):
+    scores = evaluator.evaluate(RealData(data[1], data[0], shuffle=True), n=N, seed=0)
+    for key in ("acc/text_to_image", "acc/audio_to_image", "acc/image_to_text", "acc/image_to_audio"):
+        assert 0.03 < scores[key] < 0.2, key
+    assert scores["coverage"] == 1.0
+
+
+def test_a_collapsed_generator_has_poor_recall_coverage_and_distance(evaluator, data, real_scores):
+    scores = evaluator.evaluate(RealData(data[1], data[0], collapse=True), n=N, seed=0)
+    label = int(data[0].labels[0])
+    assert scores["coverage"] == pytest.approx(0.1)
+    assert missing_classes(scores, "image") == [c for c in range(10) if c != label]
+    assert scores[f"class_ratio/image/{label}"] > 5
+    assert scores["recall"] < 0.05
+    assert scores["fid"] > 10 * real_scores["fid_floor"]
+
+
+def test_metrics_are_deterministic_and_the_cache_is_reused(evaluator, data, cache, real_scores):
+    mtime = cache.stat().st_mtime_ns
+    again = Evaluator.build(*data, cache_path=cache, seed=0).evaluate(RealData(data[1], data[0]), n=N, seed=0)
+    assert again == real_scores
+    assert cache.stat().st_mtime_ns == mtime
+
+
+def test_a_stale_or_corrupt_cache_is_rebuilt(data, tmp_path):
+    path = tmp_path / "evaluators.pt"
+    path.write_bytes(b"not a cache")
+    small = data[0].subset(torch.arange(100))
+    first = load_or_train_evaluators(small, path, seed=0)
+    assert torch.load(path, weights_only=True)["key"] == first.key
+    fewer = data[0].subset(torch.arange(99))
+    second = load_or_train_evaluators(fewer, path, seed=0)
+    assert second.key != first.key
+    assert torch.load(path, weights_only=True)["key"] == second.key
+
+
+def test_raw_sample_sources_are_evaluated_through_their_codecs(evaluator, data):
+    source = RawSampler(RealData(data[1], data[0]))
+    scores = evaluator.evaluate(source, n=40, seed=0)
+    assert source.calls == 4
+    for key in ("acc/text_to_image", "acc/audio_to_image", "acc/image_to_text", "acc/image_to_audio"):
+        assert scores[key] > 0.9, key
+
+
+def test_feature_level_array_sources_match_the_torch_path(evaluator, data, real_scores):
+    assert evaluator.evaluate(ArrayRunner(RealData(data[1], data[0])), n=N, seed=0) == real_scores
+
+
+def test_unlabelled_data_gets_distances_in_a_pca_space(data):
+    train, test = (MultimodalDataset(d.specs, d.features, d.mask) for d in data)
+    evaluator = Evaluator.build(train, test)
+    scores = evaluator.evaluate(RealData(test, train), n=N, seed=0)
+    assert not any(key.startswith(("acc/", "coverage", "class_ratio/")) for key in scores)
+    assert scores["fid"] < 1.5 * scores["fid_floor"] and scores["recall"] > 0.8
+    collapsed = evaluator.evaluate(RealData(test, train, collapse=True), n=N, seed=0)
+    assert collapsed["recall"] < 0.05 and collapsed["fid"] > 10 * scores["fid_floor"]
+
+
+def test_an_untrained_generator_scores_badly(evaluator, data):
+    torch.manual_seed(0)
+    scores = evaluator.evaluate(Generator(data[0].specs, z_dim=8, width=32, depth=1), n=N, seed=0)
+    assert scores["acc/text_to_image"] < 0.5
+    assert scores["fid"] > 5 * scores["fid_floor"]
+
+
+def test_frechet_distance_of_known_gaussians():
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(4000, 3, generator=gen)
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-9)
+    shifted = a + torch.tensor([3.0, 0.0, 0.0])
+    assert frechet_distance(a, shifted) == pytest.approx(9.0, rel=1e-6)
+    wide = 2 * torch.randn(4000, 3, generator=gen)
+    assert frechet_distance(a, wide) == pytest.approx(3 * (1 + 4 - 2 * 2), rel=0.1)
+
+
+def test_precision_recall_on_toy_gaussians():
+    gen = torch.Generator().manual_seed(0)
+    real = torch.randn(1000, 2, generator=gen)
+    same = torch.randn(1000, 2, generator=gen)
+    narrow = 0.2 * torch.randn(1000, 2, generator=gen)
+    wide = 8.0 * torch.randn(1000, 2, generator=gen)
+    far = torch.randn(1000, 2, generator=gen) + 20.0
+    p, r = precision_recall(real, same)
+    assert p > 0.9 and r > 0.9
+    p, r = precision_recall(real, narrow)
+    assert p > 0.95 and r < 0.3
+    p, r = precision_recall(real, wide)
+    assert p < 0.3 and r > 0.9
+    assert precision_recall(real, far) == (0.0, 0.0)
+
+
+def test_bad_input_is_a_clear_error(evaluator, data):
+    with pytest.raises(FastMMGANError, match="cannot evaluate"):
+        evaluator.evaluate(object(), n=10)
+    with pytest.raises(FastMMGANError, match="n must be"):
+        evaluator.evaluate(RealData(data[1], data[0]), n=1)
+    other = Generator(data[0].specs[:2], z_dim=4, width=16, depth=1)
+    with pytest.raises(FastMMGANError, match="do not match"):
+        evaluator.evaluate(other, n=10)
+    with pytest.raises(FastMMGANError, match="at least 2 samples"):
+        frechet_distance(torch.zeros(1, 3), torch.zeros(5, 3))
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, cache):
+    from fastmmgan import train
+
+    out = tmp_path_factory.mktemp("tiny")
+    args = ["--steps", "2", "--batch-size", "16", "--g-width", "16", "--d-width", "16", "--z-dim", "4",
+            "--sample-every", "0", "--log-every", "0", "--no-compile", "--no-progress", "--out", str(out)]
+    assert train.main(args) == 0
+    (out / "evaluators.pt").write_bytes(cache.read_bytes())
+    return out
+
+
+def test_cli_prints_a_table_and_json(tiny_run, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: evaluate.main([str(tiny_run), "--n", "50"]))
+    assert exit_info.value.code == 0
+    table = capsys.readouterr().out
+    assert "text -> image" in table and "Frechet" in table and "coverage" in table
+    with pytest.raises(SystemExit):
+        run_cli(lambda: evaluate.main([str(tiny_run / "checkpoints" / "last.pt"), "--n", "50", "--json"]))
+    report = json.loads(capsys.readouterr().out)
+    assert report["n"] == 50 and 0.0 <= report["metrics"]["acc/text_to_image"] <= 1.0
+    assert set(report["missing_classes"]) == {"image", "text", "audio"}
+
+
+def test_cli_evaluates_an_exported_onnx_file_like_its_checkpoint(tiny_run, capsys):
+    export = pytest.importorskip("fastmmgan.export")
+    onnx_path = tiny_run / "generator.onnx"
+    export.export_generator(tiny_run, onnx_path)
+    reports = []
+    for model in (tiny_run, onnx_path):
+        with pytest.raises(SystemExit):
+            run_cli(lambda model=model: evaluate.main([str(model), "--n", "50", "--json"]))
+        reports.append(json.loads(capsys.readouterr().out)["metrics"])
+    torch_metrics, onnx_metrics = reports
+    assert onnx_metrics.keys() == torch_metrics.keys()
+    for key, value in torch_metrics.items():
+        assert onnx_metrics[key] == pytest.approx(value, rel=1e-3, abs=0.03), key
+
+
+def test_cli_refuses_a_checkpoint_whose_generator_does_not_load(tiny_run, tmp_path, capsys):
+    state = torch.load(tiny_run / "checkpoints" / "last.pt", weights_only=True)
+    state["ema"] = {"weight": torch.zeros(1)}
+    torch.save(state, tmp_path / "broken.pt")
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: evaluate.main([str(tmp_path / "broken.pt")]))
+    assert exit_info.value.code == 2
+    assert "does not describe a loadable generator" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["/nonexistent/run"], "checkpoint not found"),
+    (["{run}", "--n", "1"], "--n must be"),
+    (["/nonexistent/model.onnx"], "not found"),
+])
+def test_cli_bad_input_is_one_line_and_exit_2(tiny_run, capsys, argv, message):
+    argv = [a.format(run=tiny_run) for a in argv]
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: evaluate.main(argv))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1

@@ -1,0 +1,100 @@
+"""Crash safety: exact resume after SIGKILL, checkpoints that survive a kill mid-write, clear errors."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastmmgan import checkpoint, train
+from fastmmgan.checkpoint import load_checkpoint, save_checkpoint
+from fastmmgan.errors import FastMMGANError
+
+STEPS = 150
+ARGS = ["--steps", str(STEPS), "--batch-size", "16", "--g-width", "16", "--d-width", "16", "--z-dim", "4",
+        "--ckpt-every", "5", "--keep-checkpoints", "2", "--sample-every", "0", "--log-every", "10", "--no-progress",
+        "--no-compile"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _train_process(out: Path, *extra: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "fastmmgan.train", *ARGS, "--out", str(out), *extra]
+    return subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, f"training exited early: {proc.stderr.read()}"
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.01)
+
+
+def test_sigkill_then_resume_is_bitwise_identical_to_a_straight_run(tmp_path):
+    straight = _train_process(tmp_path / "straight")
+    killed = _train_process(tmp_path / "killed")
+    _wait_for(tmp_path / "killed" / "checkpoints" / "step_00000010.pt", killed)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert straight.wait(timeout=300) == 0, straight.stderr.read()
+    interrupted_at = load_checkpoint(tmp_path / "killed")["step"]
+    assert 10 <= interrupted_at < STEPS
+
+    resumed = _train_process(tmp_path / "killed", "--resume")
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
+    a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "killed")
+    assert a["step"] == b["step"] == STEPS
+    for key in ("generator", "ema", "discriminator"):
+        for name, tensor in a[key].items():
+            assert torch.equal(tensor, b[key][name]), f"{key}.{name} differs after resume"
+
+
+def _state(step: int) -> dict:
+    return {"format": "fastmmgan-checkpoint", "step": step, "weights": torch.full((4,), float(step))}
+
+
+def test_a_kill_during_a_checkpoint_write_leaves_the_last_good_one(tmp_path, monkeypatch):
+    save_checkpoint(tmp_path, 1, _state(1))
+
+    def dies_half_way(obj, f):
+        f.write(b"PK\x03\x04 half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint.torch, "save", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path, 2, _state(2))
+    assert load_checkpoint(tmp_path)["step"] == 1
+    assert not (tmp_path / "checkpoints" / "step_00000002.pt").exists()
+    assert not list((tmp_path / "checkpoints").glob(".*.tmp"))
+
+
+def test_keeps_the_newest_checkpoints(tmp_path):
+    for step in range(1, 6):
+        save_checkpoint(tmp_path, step, _state(step), keep=2)
+    names = sorted(p.name for p in (tmp_path / "checkpoints").glob("*.pt"))
+    assert names == ["last.pt", "step_00000004.pt", "step_00000005.pt"]
+    assert load_checkpoint(tmp_path)["step"] == 5
+
+
+def test_truncated_and_foreign_checkpoints_name_the_file(tmp_path):
+    path = save_checkpoint(tmp_path, 3, _state(3))
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(FastMMGANError, match=f"{truncated}.*not a readable fastmmgan checkpoint"):
+        load_checkpoint(truncated)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"model": torch.zeros(2)}, foreign)
+    with pytest.raises(FastMMGANError, match=f"{foreign} is not a fastmmgan checkpoint"):
+        load_checkpoint(foreign)
+
+
+def test_resume_refuses_another_architecture(tmp_path, capsys):
+    out = tmp_path / "run"
+    small = [a if a != str(STEPS) else "5" for a in ARGS]
+    assert train.main([*small, "--out", str(out)]) == 0
+    with pytest.raises(FastMMGANError, match="different model"):
+        train.main([*small, "--out", str(out), "--resume", "--g-width", "24"])
