@@ -81,3 +81,21 @@ def gradient_penalty(
     grads = torch.autograd.grad(out.sum(), interp, create_graph=True)
     norm = torch.sqrt(sum(g.square().sum(dim=1) for g in grads) + 1e-12)
     return (norm - 1).square().mean()
+
+
+def diversity_loss(generated: Sequence[torch.Tensor], z: torch.Tensor, given: torch.Tensor) -> torch.Tensor:
+    """Mode-seeking term (MSGAN, Mao et al. 2019) on rows generated from noise alone.
+
+    Rows are taken in pairs (0,1), (2,3), ...; for pairs where both rows have no condition, the ratio of
+    the mean absolute output difference to the mean absolute noise difference should be large, so the
+    loss is the mean of 1 / (ratio + 1e-5) over those pairs (0 when there are none). Without it the
+    generator, which mostly learns deterministic conditional maps, learns to ignore z everywhere.
+    generated: M tensors [B, dim_m]; z [B, z_dim]; given [B, M] bool; B even.
+    """
+    out = torch.cat([g.float() for g in generated], dim=1)
+    free = ~given.any(dim=1)
+    pair = (free[0::2] & free[1::2]).float()
+    d_out = (out[0::2] - out[1::2]).abs().mean(dim=1)
+    d_z = (z[0::2] - z[1::2]).float().abs().mean(dim=1)
+    inverse = 1.0 / (d_out / d_z + 1e-5)
+    return (inverse * pair).sum() / pair.sum().clamp_min(1.0)
