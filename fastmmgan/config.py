@@ -17,13 +17,14 @@ class TrainConfig:
 
     dataset: str = "digits"
     data: str | None = None
-    steps: int = 4000
+    steps: int = 12000
     batch_size: int = 64
     lr: float = 2e-4
-    d_lr: float | None = None
+    d_lr: float | None = 1e-4
     betas: tuple[float, float] = (0.5, 0.999)
     loss: str = "ns"
     gp_weight: float = 10.0
+    diversity_weight: float = 0.3
     z_dim: int = 32
     g_width: int = 256
     g_depth: int = 2
@@ -53,6 +54,8 @@ class TrainConfig:
         for name in ("ckpt_every", "sample_every", "eval_every", "log_every"):
             if getattr(self, name) < 0:
                 raise FastMMGANError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if not self.diversity_weight >= 0:
+            raise FastMMGANError(f"diversity-weight must be >= 0, got {self.diversity_weight}")
         for name in ("lr", "gp_weight"):
             if not getattr(self, name) > 0:
                 raise FastMMGANError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")

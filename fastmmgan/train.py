@@ -27,9 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=_DEFAULTS.steps, help="total training steps (D update + G update each)")
     p.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size, help="samples per step")
     p.add_argument("--lr", type=float, default=_DEFAULTS.lr, help="Adam learning rate of the generator")
-    p.add_argument("--d-lr", type=float, default=None, help="Adam learning rate of the discriminator (default: --lr)")
+    p.add_argument("--d-lr", type=float, default=_DEFAULTS.d_lr, help="Adam learning rate of the discriminator")
     p.add_argument("--loss", choices=LOSSES, default=_DEFAULTS.loss, help="GAN loss (ns = non-saturating)")
     p.add_argument("--gp-weight", type=float, default=_DEFAULTS.gp_weight, help="gradient penalty weight for wgan-gp")
+    p.add_argument("--diversity-weight", type=float, default=_DEFAULTS.diversity_weight,
+                   help="weight of the mode-seeking term that keeps samples from noise diverse (0: off)")
     p.add_argument("--z-dim", type=int, default=_DEFAULTS.z_dim, help="noise size")
     p.add_argument("--g-width", type=int, default=_DEFAULTS.g_width, help="generator width (shared space size)")
     p.add_argument("--g-depth", type=int, default=_DEFAULTS.g_depth, help="generator dense layers after the fusion")
