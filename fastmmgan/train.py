@@ -9,6 +9,7 @@ from pathlib import Path
 from .checkpoint import CHECKPOINT_DIR, LAST
 from .cli import run_cli
 from .config import TrainConfig
+from .distributed import shutdown
 from .errors import FastMMGANError
 from .losses import LOSSES
 
@@ -89,7 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     from .trainer import Trainer
 
     trainer = Trainer(cfg, out, resume=resume)
-    trainer.run(progress=not args.no_progress)
+    try:
+        trainer.run(progress=not args.no_progress)
+    finally:
+        shutdown(trainer.dist)
+    if not trainer.dist.is_main:
+        return 0
     print(f"done: {trainer.step} steps; samples in {out / 'samples'}, checkpoint {out / CHECKPOINT_DIR / LAST}")
     return 0
 

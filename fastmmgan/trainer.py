@@ -6,8 +6,10 @@ import copy
 import json
 import math
 import random
+import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +116,21 @@ class Trainer:
             self.load_state(load_checkpoint(resume))
         self._first_step = self.step
         self._evaluator = None
-        self.step_fn = build_step(self.G, self.D, self.ema, self.opt_g, self.opt_d, cfg, self.device)
+        self.step_fn = self._build_step()
+
+    def _build_step(self) -> Callable[[StepInputs], dict[str, torch.Tensor]]:
+        """The compiled step (or the reference one with ``--no-compile``); under torchrun the eager step
+        with both models in DistributedDataParallel, whose gradient hooks the single-graph compiled step
+        would bypass."""
+        if not self.dist.enabled:
+            return build_step(self.G, self.D, self.ema, self.opt_g, self.opt_d, self.cfg, self.device)
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        if self.cfg.compile and self.dist.is_main:
+            print("note: under torchrun the training step runs eagerly with DDP (see README)", file=sys.stderr)
+        g_ddp, d_ddp = DDP(self.G, device_ids=ids), DDP(self.D, device_ids=ids)
+        return build_step(g_ddp, d_ddp, self.ema, self.opt_g, self.opt_d, replace(self.cfg, compile=False), self.device)
 
     def _calibrate(self) -> None:
         """Data-dependent init of both fusions (see SharedProjection.calibrate_), on up to 512 train samples."""

@@ -29,26 +29,16 @@ from fastmmgan.export.exporter import mask_patterns
 from fastmmgan.export.runtime import CPU_PROVIDER, cuda_device_count, session_options
 from fastmmgan.modalities import ModalitySpec
 from fastmmgan.sampler import generator_from_state
-from fastmmgan.trainer import Trainer
 
 ATOL, RTOL = TOLERANCES["fp32"]
 TINY = TrainConfig(steps=1, batch_size=16, z_dim=8, g_width=32, d_width=32, compile=False, device="cpu")
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Audio decoding is hundreds of small torch calls; on a busy shared CPU a second thread makes each wait."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    Trainer(TINY, out).save()
-    return out
+def run_dir(tiny_run):
+    return tiny_run
 
 
 @pytest.fixture(scope="module")

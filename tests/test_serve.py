@@ -14,7 +14,6 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
-import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -24,26 +23,16 @@ from fastmmgan.config import TrainConfig
 from fastmmgan.export import OnnxGenerator, export_generator
 from fastmmgan.media import image_grid
 from fastmmgan.serve import MicroBatcher, ServeLimits, ServerBusy, create_app
-from fastmmgan.trainer import Trainer
 
 TINY = TrainConfig(steps=1, batch_size=16, z_dim=8, g_width=32, d_width=32, compile=False, device="cpu")
 LIMITS = ServeLimits(max_n=16, max_batch=48, max_wait_ms=20.0, max_queue=64, max_body_bytes=64 << 10)
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Audio decoding is hundreds of small torch calls; on a busy shared CPU a second thread makes each wait."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    out = tmp_path_factory.mktemp("serve")
-    Trainer(TINY, out / "run").save()
-    return export_generator(out / "run", out / "gen.onnx").path
+def model_path(tiny_run, tmp_path_factory):
+    return export_generator(tiny_run, tmp_path_factory.mktemp("serve") / "gen.onnx").path
 
 
 @pytest.fixture(scope="module")
