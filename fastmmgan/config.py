@@ -24,7 +24,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.5, 0.999)
     loss: str = "ns"
     gp_weight: float = 10.0
-    diversity_weight: float = 0.3
+    diversity_weight: float = 1.2
     z_dim: int = 32
     g_width: int = 256
     g_depth: int = 2

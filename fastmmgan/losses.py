@@ -83,23 +83,20 @@ def gradient_penalty(
     return (norm - 1).square().mean()
 
 
-def diversity_loss(
-    generated: Sequence[torch.Tensor], z: torch.Tensor, given: torch.Tensor, pairs: torch.Tensor | None = None
-) -> torch.Tensor:
+def diversity_loss(generated: Sequence[torch.Tensor], z: torch.Tensor, given: torch.Tensor) -> torch.Tensor:
     """Mode-seeking term (MSGAN, Mao et al. 2019) on rows generated from noise alone.
 
     Rows are taken in pairs (0,1), (2,3), ...; for pairs where both rows have no condition, the ratio of
-    the mean absolute output difference to the mean absolute noise difference should be large, so the
-    loss is the mean of 1 / (ratio + 1e-5) over those pairs (0 when there are none). Without it the
-    generator, which mostly learns deterministic conditional maps, learns to ignore z everywhere.
-    generated: M tensors [B, dim_m]; z [B, z_dim]; given [B, M] bool; B even. ``pairs`` (0-d) is the
-    count to divide by; under data parallelism, pass the global batch's count over the number of
-    processes so the averaged gradient equals one process's (default: this batch's count).
+    the mean absolute output difference to the mean absolute noise difference should be large, so each
+    such pair contributes 1 / (ratio + 1e-5); the loss is their sum over the number of pairs B/2 (a mean
+    over all pairs, the others counting 0, so data-parallel processes average to one process's value).
+    Without it the generator, which mostly learns deterministic conditional maps, learns to ignore z.
+    generated: M tensors [B, dim_m]; z [B, z_dim]; given [B, M] bool (an odd last row is left out).
     """
-    out = torch.cat([g.float() for g in generated], dim=1)
-    free = ~given.any(dim=1)
+    n = len(z) // 2 * 2
+    out = torch.cat([g[:n].float() for g in generated], dim=1)
+    free = ~given[:n].any(dim=1)
     pair = (free[0::2] & free[1::2]).float()
     d_out = (out[0::2] - out[1::2]).abs().mean(dim=1)
-    d_z = (z[0::2] - z[1::2]).float().abs().mean(dim=1)
-    inverse = 1.0 / (d_out / d_z + 1e-5)
-    return (inverse * pair).sum() / (pair.sum() if pairs is None else pairs).clamp_min(1e-6)
+    d_z = (z[:n][0::2] - z[:n][1::2]).float().abs().mean(dim=1)
+    return (pair / (d_out / d_z + 1e-5)).sum() / max(1, n // 2)

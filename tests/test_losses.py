@@ -57,3 +57,20 @@ def test_every_loss_is_finite_and_differentiable():
         logits = torch.randn(6, 1, requires_grad=True)
         (discriminator_loss(name, logits, logits * 0.5) + generator_loss(name, logits)).backward()
         assert torch.isfinite(logits.grad).all()
+
+
+def test_diversity_loss_penalises_ignoring_the_noise_on_unconditional_pairs_only():
+    from fastmmgan.losses import diversity_loss
+
+    z = torch.randn(4, 3)
+    free = torch.zeros(4, 2, dtype=torch.bool)
+    same = [torch.full((4, 5), 0.5)]
+    varied = [torch.rand(4, 5) + torch.arange(4.0)[:, None]]
+    assert diversity_loss(same, z, free).item() == pytest.approx(1e5, rel=1e-3)
+    assert diversity_loss(varied, z, free).item() < 10.0
+    conditioned = free.clone()
+    conditioned[0, 0] = conditioned[2, 1] = True
+    assert diversity_loss(same, z, conditioned).item() == 0.0
+    half = free.clone()
+    half[0, 0] = True
+    assert diversity_loss(same, z, half).item() == pytest.approx(0.5e5, rel=1e-3)
