@@ -51,13 +51,14 @@ def discriminator_loss(
     name: str, real_logits: torch.Tensor, fake_logits: torch.Tensor, fake_weight: torch.Tensor | None = None
 ) -> torch.Tensor:
     """The discriminator's loss for real logits [B,1] and fake logits [F,1]; ``fake_weight`` [F] weighs
-    the fake terms (a weighted mean; None = plain mean)."""
+    each fake term inside the mean (0 drops a row; the mean stays over all F rows, so data-parallel
+    processes average to one process's value)."""
     check_loss(name)
     real_term = _D_REAL[name](real_logits.float()).mean()
     fake_terms = _D_FAKE[name](fake_logits.float()).squeeze(-1)
-    if fake_weight is None:
-        return real_term + fake_terms.mean()
-    return real_term + (fake_terms * fake_weight).sum() / fake_weight.sum().clamp_min(1.0)
+    if fake_weight is not None:
+        fake_terms = fake_terms * fake_weight
+    return real_term + fake_terms.mean()
 
 
 def generator_loss(name: str, fake_logits: torch.Tensor) -> torch.Tensor:

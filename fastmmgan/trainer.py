@@ -198,7 +198,7 @@ class Trainer:
         Only rank 0 writes (config, checkpoints, samples, logs); the others wait at a barrier whenever a
         checkpoint is written. Non-finite updates are skipped by the step and counted here; after
         ``cfg.max_bad_steps`` in a row training stops with :class:`TrainingDiverged`, leaving the last
-        good checkpoint as it was.
+        good checkpoint as it was; no checkpoint is written right after a skipped update.
         """
         cfg, main = self.cfg, self.dist.is_main
         if main:
@@ -240,7 +240,10 @@ class Trainer:
                     self._on_rank0(lambda: log.scalars(self.step, self.evaluate(), prefix="eval"))
                 if cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
                     self._check_divergence(int(worst_run.item()), log)
-                    self._on_rank0(self.save)
+                    if bad_run.item() == 0:
+                        self._on_rank0(self.save)
+                    else:
+                        log.event("checkpoint_skipped", step=self.step, reason="the last update was not finite")
             if not (cfg.ckpt_every and self.step % cfg.ckpt_every == 0):
                 self._on_rank0(self.save)
             if not (cfg.sample_every and self.step % cfg.sample_every == 0):

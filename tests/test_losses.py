@@ -31,10 +31,11 @@ def test_losses_at_separated_logits():
     assert discriminator_loss("ns", REAL, FAKE).item() == pytest.approx(expected, rel=1e-6)
 
 
-def test_fake_weight_is_a_weighted_mean():
+def test_fake_weight_drops_rows_inside_the_mean():
     fake = torch.tensor([[0.0], [5.0]])
     weighted = discriminator_loss("wgan-gp", ZERO[:1], fake, torch.tensor([1.0, 0.0]))
     assert weighted.item() == pytest.approx(0.0)
+    assert discriminator_loss("wgan-gp", ZERO[:1], fake, torch.tensor([0.0, 1.0])).item() == pytest.approx(2.5)
     assert discriminator_loss("wgan-gp", ZERO[:1], fake).item() == pytest.approx(2.5)
 
 

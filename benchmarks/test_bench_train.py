@@ -1,0 +1,97 @@
+"""The training step, compiled vs the eager reference (pytest-benchmark).
+
+Run: ``pytest benchmarks/test_bench_train.py --benchmark-only`` (not part of the plain test run; the
+first run compiles every config, minutes on a 2-core CPU). For the ratio as a median of interleaved
+rounds, and the table, use ``python -m fastmmgan.bench``.
+
+Configs and batch sizes are those of :mod:`fastmmgan.bench` (seed-mnist, digits, wide). Before any
+timing, each config's compiled step is checked against the reference for 3 steps from one init
+(:func:`fastmmgan.bench.assert_steps_match`), which also compiles it, so compile time is excluded
+(it is reported in ``extra_info``). Each group holds one config's compiled and reference timings;
+``extra_info`` has the useful GFLOP per step, so GFLOP/s = gflop_per_step / mean seconds.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, replace
+
+import pytest
+import torch
+
+from fastmmgan.bench import CONFIGS, build_models, default_batches, gemm_flops, make_steps
+from fastmmgan.bench import assert_steps_match as check
+from fastmmgan.step import CompiledStep, ReferenceStep, StepInputs
+from fastmmgan.trainer import draw_step_inputs
+
+CUDA = torch.cuda.is_available()
+DEVICE = torch.device("cuda" if CUDA else "cpu")
+CASES = [(name, batch) for name in CONFIGS for batch in default_batches(name, CUDA)]
+
+
+@dataclass
+class Case:
+    ref: ReferenceStep
+    fast: CompiledStep
+    inputs: list[StepInputs]
+    gflop: float
+
+
+_CASES: dict[tuple[str, int], Case] = {}
+
+
+def case(name: str, batch: int) -> Case:
+    """Both steps for a config and batch, checked against each other once (and compiled) on first use."""
+    key = (name, batch)
+    if key not in _CASES:
+        bc = CONFIGS[name]
+        cfg = replace(bc.cfg, batch_size=batch)
+        ds = bc.data(batch)
+        models = build_models(ds, cfg, DEVICE)
+        twin = models.copy(cfg)
+        ref, fast = make_steps(models, twin, cfg, device=DEVICE)
+        inputs = [draw_step_inputs(ds, i, cfg).to(DEVICE) for i in range(8)]
+        check(ref, fast, models, twin, inputs[:3])
+        _CASES[key] = Case(ref, fast, inputs, gemm_flops(models.G, models.D, batch) / 1e9)
+    return _CASES[key]
+
+
+def _sync() -> None:
+    if CUDA:
+        torch.cuda.synchronize()
+
+
+@pytest.mark.parametrize("impl", ["compiled", "reference"])
+@pytest.mark.parametrize("config", CASES, ids=lambda c: f"{c[0]}-B{c[1]}")
+def test_train_step(benchmark, config: tuple[str, int], impl: str) -> None:
+    name, batch = config
+    c = case(name, batch)
+    step = c.fast if impl == "compiled" else c.ref
+    batches = itertools.cycle(c.inputs)
+
+    def call() -> None:
+        step(next(batches))
+        _sync()
+
+    benchmark.group = f"train step {name} B={batch}"
+    benchmark.extra_info.update(
+        device=torch.cuda.get_device_name() if CUDA else f"cpu, {torch.get_num_threads()} threads",
+        gflop_per_step=round(c.gflop, 3),
+        samples_per_step=batch,
+        compile_seconds=round(c.fast.compile_seconds, 1),
+    )
+    benchmark.pedantic(call, rounds=max(5, min(40, 4096 // batch)), iterations=1, warmup_rounds=2)
+
+
+def test_gemm_peak(benchmark) -> None:
+    """The machine's fp32 GEMM ceiling in the same run: a 2048^3 matmul (GFLOP/s = 17.18 / seconds)."""
+    a = torch.randn(2048, 2048, device=DEVICE)
+    b = torch.randn(2048, 2048, device=DEVICE)
+
+    def call() -> None:
+        a @ b
+        _sync()
+
+    benchmark.group = "fp32 GEMM peak 2048^3"
+    benchmark.extra_info["gflop"] = 2 * 2048**3 / 1e9
+    benchmark.pedantic(call, rounds=10, iterations=1, warmup_rounds=2)

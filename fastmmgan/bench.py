@@ -1,0 +1,303 @@
+"""``python -m fastmmgan.bench``: the training step, compiled vs the eager reference, as a table.
+
+For each config: ms per step of both steps, their ratio (median of per-round ratios, the two steps
+interleaved round by round on the same inputs, so a busy machine slows both alike), samples/s, useful
+GFLOP/s and its share of this machine's fp32 GEMM peak, measured in the same run with a 2048^3 matmul.
+Before timing, the compiled step is checked against the reference for a few steps from the same init.
+
+Configs (see :data:`CONFIGS`):
+
+- ``seed-mnist``: the classic MLP GAN (G 100-128-256-784 sigmoid, D 784-256-128-1, leaky-ReLU 0.2) on
+  our models with one 28x28 image modality and uniform random data. Our layers have one width per
+  network, so it maps to G: fusion 100->256 (plus the image's 784->256 projection, masked out because
+  a one-modality batch never gives the image), one 256->256 layer, head 256->784 sigmoid; D: fusion
+  784->256, minibatch-stddev, 257->256, head 256->1. That is G 100-256-256-784, D 784-256(+1)-256-1.
+- ``digits``: :class:`~fastmmgan.config.TrainConfig` defaults on the built-in digits data.
+- ``wide``: width 1024 on the digits modalities with random data; batch 4096 on a GPU, 1024 on a CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+import torch
+
+from .config import TrainConfig
+from .data import MultimodalDataset, digits_specs, load_dataset
+from .modalities import ModalitySpec
+from .models import Discriminator, Generator
+from .step import CompiledStep, ReferenceStep, StepInputs
+from .trainer import draw_step_inputs
+
+Step = Callable[[StepInputs], dict[str, torch.Tensor]]
+
+
+@dataclass
+class Models:
+    """A run's trainable state, built as the trainer builds it."""
+
+    G: Generator
+    D: Discriminator
+    ema: Generator
+    opt_g: torch.optim.Adam
+    opt_d: torch.optim.Adam
+
+    def copy(self, cfg: TrainConfig) -> Models:
+        """Deep copies of the networks with fresh optimizers (call before the first step)."""
+        G, D, ema = copy.deepcopy(self.G), copy.deepcopy(self.D), copy.deepcopy(self.ema)
+        return Models(G, D, ema, adam(G, cfg.lr, cfg), adam(D, cfg.d_lr or cfg.lr, cfg))
+
+
+def make_steps(ref: Models, fast: Models, cfg: TrainConfig, **options) -> tuple[ReferenceStep, CompiledStep]:
+    """The reference step on ``ref``'s models and the compiled step (``options`` for
+    :class:`~fastmmgan.step.CompiledStep`, e.g. backend) on ``fast``'s, both with ``cfg``'s objectives."""
+    recipe = (cfg.loss, cfg.gp_weight, cfg.diversity_weight)
+    return (
+        ReferenceStep(ref.G, ref.D, ref.ema, ref.opt_g, ref.opt_d, *recipe),
+        CompiledStep(fast.G, fast.D, fast.ema, fast.opt_g, fast.opt_d, *recipe, **options),
+    )
+
+
+def adam(model: torch.nn.Module, lr: float, cfg: TrainConfig) -> torch.optim.Adam:
+    return torch.optim.Adam(model.parameters(), lr=lr, betas=cfg.betas, fused=True)
+
+
+def build_models(ds: MultimodalDataset, cfg: TrainConfig, device: torch.device | str = "cpu") -> Models:
+    """G, D, EMA and fused Adams from ``cfg.seed``, with the fusions calibrated on up to 512 samples
+    (as :class:`~fastmmgan.trainer.Trainer` does)."""
+    torch.manual_seed(cfg.seed)
+    G = Generator(ds.specs, cfg.z_dim, cfg.g_width, cfg.g_depth).to(device)
+    D = Discriminator(ds.specs, cfg.d_width, cfg.d_depth).to(device)
+    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(cfg.seed))[:512]
+    xs = [x[idx].to(device) for x in ds.features]
+    z = torch.randn(len(idx), cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed)).to(device)
+    G.fusion.calibrate_([z, *xs])
+    D.fusion.calibrate_(xs)
+    ema = copy.deepcopy(G).eval().requires_grad_(False)
+    return Models(G, D, ema, adam(G, cfg.lr, cfg), adam(D, cfg.d_lr or cfg.lr, cfg))
+
+
+def random_dataset(specs: Sequence[ModalitySpec], n: int, seed: int = 0, present: float = 1.0) -> MultimodalDataset:
+    """n samples of uniform random features; each modality present with probability ``present``
+    (at least one per sample)."""
+    gen = torch.Generator().manual_seed(seed)
+    features = tuple(torch.rand(n, s.dim, generator=gen) for s in specs)
+    mask = torch.rand(n, len(specs), generator=gen) < present
+    mask[torch.arange(n), torch.randint(0, len(specs), (n,), generator=gen)] = True
+    return MultimodalDataset(tuple(specs), features, mask)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """One benchmark row: a name, the training config and how to get its data for a batch size."""
+
+    name: str
+    cfg: TrainConfig
+    data: Callable[[int], MultimodalDataset]
+
+
+def _seed_mnist_data(batch: int) -> MultimodalDataset:
+    return random_dataset((ModalitySpec("image", "image", image_shape=(28, 28)),), max(2048, 2 * batch))
+
+
+def _digits_data(batch: int) -> MultimodalDataset:
+    return load_dataset("digits", seed=0)
+
+
+def _wide_data(batch: int) -> MultimodalDataset:
+    return random_dataset(digits_specs(), 2 * batch)
+
+
+CONFIGS: dict[str, BenchConfig] = {
+    "seed-mnist": BenchConfig(
+        "seed-mnist", TrainConfig(z_dim=100, g_width=256, g_depth=1, d_width=256, d_depth=1), _seed_mnist_data
+    ),
+    "digits": BenchConfig("digits", TrainConfig(), _digits_data),
+    "wide": BenchConfig("wide", TrainConfig(g_width=1024, d_width=1024), _wide_data),
+}
+
+
+def default_batches(name: str, cuda: bool) -> list[int]:
+    """Batch sizes a config is timed at: the targets' 64 and 1024; ``wide`` at 4096 on a GPU, 1024 on a CPU."""
+    if name == "wide":
+        return [4096 if cuda else 1024]
+    return [64, 1024]
+
+
+def gemm_flops(G: Generator, D: Discriminator, batch: int) -> float:
+    """GEMM FLOPs of one step as the step's math defines them (2*B*K*N per product).
+
+    D update: D forward on 3B rows (real, fake, mismatched), its weight gradients, and input gradients
+    of every layer but the first (data needs none). G update: G forward on B rows (counted once; the
+    D update reuses it), D forward on B rows and its input gradients (no weight gradients), G's weight
+    gradients and input gradients of every layer but the fusion (noise and data need none).
+    """
+
+    def layers(model: torch.nn.Module) -> tuple[float, float]:
+        kn = [m.in_features * m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear)]
+        first = sum(p.in_features * p.out_features for p in model.fusion.proj)
+        return float(sum(kn)), float(sum(kn) - first)
+
+    g_all, g_rest = layers(G)
+    d_all, d_rest = layers(D)
+    d_update = 3 * batch * (d_all + d_all + d_rest)
+    g_update = batch * (g_all + d_all + d_all + g_all + g_rest)
+    return 2.0 * (d_update + g_update)
+
+
+def gemm_peak(n: int = 2048, repeats: int = 5, device: torch.device | str = "cpu") -> float:
+    """fp32 GEMM GFLOP/s of an n^3 matmul on ``device``: the best of ``repeats`` (the machine's ceiling)."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    best = float("inf")
+    for _ in range(repeats + 1):
+        _sync(device)
+        start = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * n**3 / best / 1e9
+
+
+def _sync(device: torch.device | str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def assert_steps_match(
+    ref: Step, fast: Step, ref_models: Models, fast_models: Models, inputs: Sequence[StepInputs]
+) -> None:
+    """Run both steps on ``inputs`` and assert losses, parameters, EMA and Adam state agree (see
+    :func:`assert_close_fp32`). Both must start from identical models."""
+    for batch in inputs:
+        want, got = ref(batch), fast(batch)
+        for key in ("loss_d", "loss_g", "skipped"):
+            assert_close_fp32(got[key], want[key], key)
+    for name in ("G", "D", "ema"):
+        a, b = getattr(fast_models, name), getattr(ref_models, name)
+        for (pname, x), y in zip(a.named_parameters(), b.parameters(), strict=True):
+            assert_close_fp32(x, y, f"{name}.{pname}")
+    for name in ("opt_g", "opt_d"):
+        a, b = getattr(fast_models, name).state_dict()["state"], getattr(ref_models, name).state_dict()["state"]
+        for i in b:
+            for key in ("step", "exp_avg", "exp_avg_sq"):
+                assert_close_fp32(a[i][key], b[i][key], f"{name}[{i}].{key}")
+
+
+def assert_close_fp32(actual: torch.Tensor, expected: torch.Tensor, what: str) -> None:
+    """The step-for-step tolerance: rtol 1e-5 and atol 1e-5 times the reference's largest magnitude.
+
+    The fp32 policy of the design notes, scaled per tensor so that small tensors (Adam's second
+    moments, freshly moved biases) are held to their own scale. Both steps run the same math in a
+    different order (inductor's fused loops vs eager kernels), so they differ by float rounding, which
+    Adam mostly normalises away; measured worst case: 2e-7 of the magnitude after 8 steps.
+    """
+    atol = 1e-5 * expected.detach().abs().max().item()
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=atol, msg=lambda m: f"{what}: {m}")
+
+
+@dataclass
+class Row:
+    name: str
+    batch: int
+    ref_ms: float
+    fast_ms: float
+    ratio: float
+    samples_per_s: float
+    gflops: float
+    peak_share: float
+    compile_s: float
+
+
+def time_steps(
+    ref: Step, fast: Step, inputs: Sequence[StepInputs], rounds: int, per_round: int, device
+) -> tuple[float, float, float]:
+    """Medians over ``rounds`` of (reference ms/step, fast ms/step, ratio), the two interleaved per round."""
+    ref_ms, fast_ms = [], []
+    for r in range(rounds):
+        for step, acc in ((ref, ref_ms), (fast, fast_ms)) if r % 2 == 0 else ((fast, fast_ms), (ref, ref_ms)):
+            _sync(device)
+            start = time.perf_counter()
+            for i in range(per_round):
+                step(inputs[i % len(inputs)])
+            _sync(device)
+            acc.append((time.perf_counter() - start) / per_round * 1e3)
+    ratio = statistics.median(a / b for a, b in zip(ref_ms, fast_ms))
+    return statistics.median(ref_ms), statistics.median(fast_ms), ratio
+
+
+def bench_config(
+    bc: BenchConfig, batch: int, peak: float, device: torch.device, rounds: int = 11, check_steps: int = 3
+) -> Row:
+    """Check the compiled step against the reference, then time both (see the module docstring)."""
+    cfg = replace(bc.cfg, batch_size=batch)
+    ds = bc.data(batch)
+    models = build_models(ds, cfg, device)
+    twin = models.copy(cfg)
+    ref, fast = make_steps(models, twin, cfg, device=device)
+    inputs = [draw_step_inputs(ds, i, cfg).to(device) for i in range(8)]
+    assert_steps_match(ref, fast, models, twin, inputs[:check_steps])
+    per_round = max(2, min(20, int(2000 / batch)))
+    ref_ms, fast_ms, ratio = time_steps(ref, fast, inputs, rounds, per_round, device)
+    gflops = gemm_flops(models.G, models.D, batch) / fast_ms / 1e6
+    return Row(bc.name, batch, ref_ms, fast_ms, ratio, batch / fast_ms * 1e3, gflops, gflops / peak, fast.compile_seconds)
+
+
+def format_table(rows: Sequence[Row], peak: float, device: str) -> str:
+    head = (
+        f"device: {device}; fp32 GEMM peak (2048^3 matmul, best of the run): {peak:.0f} GFLOP/s\n"
+        "| config | batch | reference ms | compiled ms | speed-up | samples/s | useful GFLOP/s | of peak | compile s |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    )
+    lines = [
+        f"| {r.name} | {r.batch} | {r.ref_ms:.2f} | {r.fast_ms:.2f} | {r.ratio:.2f}x | {r.samples_per_s:,.0f} | "
+        f"{r.gflops:.1f} | {r.peak_share:.0%} | {r.compile_s:.1f} |"
+        for r in rows
+    ]
+    return "\n".join([head, *lines])
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = "CPU"
+    return f"{model}, {torch.get_num_threads()} threads"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m fastmmgan.bench", description=__doc__.splitlines()[0])
+    p.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=list(CONFIGS))
+    p.add_argument("--batch", type=int, nargs="+", default=None,
+                   help="batch sizes (default: 64 and 1024; wide: 4096 on a GPU, 1024 on a CPU)")
+    p.add_argument("--rounds", type=int, default=11, help="timed rounds per config (each times both steps)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    args = p.parse_args(argv)
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    cuda = device.type == "cuda"
+    peak = gemm_peak(device=device)
+    rows = []
+    for name in args.configs:
+        for batch in args.batch or default_batches(name, cuda):
+            torch._dynamo.reset()
+            rows.append(bench_config(CONFIGS[name], batch, peak, device, rounds=args.rounds))
+            peak = max(peak, gemm_peak(device=device))
+            print(f"{name} batch {batch}: {rows[-1].ratio:.2f}x", flush=True)
+    for row in rows:
+        row.peak_share = row.gflops / peak
+    print(format_table(rows, peak, device_name(device)))
+    if "wide" in args.configs and not cuda and not args.batch:
+        print("wide runs at batch 1024 on a CPU; its batch 4096 is for GPUs (--batch 4096 to force it)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
