@@ -49,7 +49,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 
 
 def save_checkpoint(run_dir: str | Path, step: int, state: dict[str, Any], keep: int = 3) -> Path:
-    """Write ``checkpoints/step_XXXXXXXX.pt`` atomically, point ``last.pt`` at it, keep the newest ``keep``."""
+    """Write ``checkpoints/step_<8-digit step>.pt`` atomically, point ``last.pt`` at it, keep the newest ``keep``."""
     ckpt_dir = Path(run_dir) / CHECKPOINT_DIR
     path = atomic_write(ckpt_dir / f"step_{step:08d}.pt", lambda f: torch.save(state, f))
     link_tmp = ckpt_dir / f".{LAST}.{os.getpid()}.tmp"
