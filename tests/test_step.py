@@ -116,8 +116,8 @@ def test_nan_in_data_skips_the_update_in_both_steps(default_pair, data):
 
 def test_adam_state_interoperates_with_torch_adam(default_pair, data):
     """A compiled run's optimizer state resumes in the reference step and vice versa (checkpoints and
-    ``--no-compile`` resume): swap the two runs' state dicts and take a step on each. Then a 1% change
-    of the compiled side's lr takes effect without a recompile and the comparison catches it."""
+    ``--no-compile`` resume): swap the two runs' state dicts and take a step on each. Then giving G the
+    D's learning rate (a plausible bug, half the step) takes effect without a recompile and is caught."""
     cfg = default_pair.cfg
     a, b = default_pair.ref_models.copy(cfg), default_pair.fast_models.copy(cfg)
     a.opt_g.load_state_dict(default_pair.fast_models.opt_g.state_dict())
@@ -126,7 +126,7 @@ def test_adam_state_interoperates_with_torch_adam(default_pair, data):
     b.opt_d.load_state_dict(default_pair.ref_models.opt_d.state_dict())
     ref, fast = make_steps(a, b, cfg, backend="aot_eager")
     assert_steps_match(ref, fast, a, b, [draw_step_inputs(data, STEPS + 2, cfg)])
-    b.opt_g.param_groups[0]["lr"] *= 1.01
+    b.opt_g.param_groups[0]["lr"] = b.opt_d.param_groups[0]["lr"]
     with torch._dynamo.config.patch(error_on_recompile=True), pytest.raises(AssertionError, match="G.fusion"):
         assert_steps_match(ref, fast, a, b, [draw_step_inputs(data, STEPS + 3, cfg)])
 
