@@ -10,6 +10,7 @@ Two implementations share the objectives (:func:`discriminator_objective`, :func
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Sequence
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad_and_value, vjp
 
+from .config import TrainConfig
 from .losses import discriminator_loss, diversity_loss, generator_loss, gradient_penalty
 from .models import Discriminator, Generator, compose_fake
 
@@ -59,9 +61,17 @@ class StepInputs:
 
 
 def discriminator_objective(
-    D: Discriminator, batch: StepInputs, fake: Sequence[torch.Tensor], loss: str = "ns", gp_weight: float = 10.0
+    D: Discriminator,
+    batch: StepInputs,
+    fake: Sequence[torch.Tensor],
+    loss: str = TrainConfig.loss,
+    gp_weight: float = TrainConfig.gp_weight,
 ) -> torch.Tensor:
     """The discriminator's loss (0-d fp32): real, fake and mismatched real rows judged in one [3B] batch.
+
+    Shared by both steps: the compiled one evaluates it with D's parameters swapped in by
+    ``functional_call``, so ``D`` is a real :class:`Discriminator` here too and a new term (say an R1
+    penalty from D's layers) needs no change to the compiled step.
 
     Calling mismatched rows fake teaches cross-modal consistency (GAN-CLS's matching-aware discriminator);
     their per-row weights drop rows that could not be mismatched. ``fake`` (M tensors [B, dim_m]) is
@@ -78,7 +88,11 @@ def discriminator_objective(
 
 
 def generator_objective(
-    D: Discriminator, batch: StepInputs, gen: Sequence[torch.Tensor], loss: str = "ns", diversity_weight: float = 1.0
+    D: Discriminator,
+    batch: StepInputs,
+    gen: Sequence[torch.Tensor],
+    loss: str = TrainConfig.loss,
+    diversity_weight: float = TrainConfig.diversity_weight,
 ) -> torch.Tensor:
     """The generator's loss (0-d fp32) for its outputs ``gen`` (M tensors [B, dim_m]) judged by ``D``,
     plus the mode-seeking diversity term; given modalities are replaced by the real ones first."""
@@ -104,8 +118,8 @@ class ReferenceStep:
     The generator runs once; the discriminator judges real, fake and mismatched real samples in one batch;
     the generator update takes its gradient through the just-updated discriminator without accumulating
     D weight gradients. NaN guard: an update whose loss or any gradient is non-finite is skipped (no
-    optimizer step; a skipped generator update also skips the EMA). Returns 0-d ``loss_d``, ``loss_g``
-    and ``skipped`` (1.0 when either update was skipped).
+    optimizer step; a skipped generator update also skips the EMA); deciding costs a host sync per update,
+    free on CPU. Returns 0-d ``loss_d``, ``loss_g`` and ``skipped`` (1.0 when either update was skipped).
     """
 
     def __init__(
@@ -115,9 +129,9 @@ class ReferenceStep:
         ema: Generator,
         opt_g: torch.optim.Optimizer,
         opt_d: torch.optim.Optimizer,
-        loss: str = "ns",
-        gp_weight: float = 10.0,
-        diversity_weight: float = 1.2,
+        loss: str = TrainConfig.loss,
+        gp_weight: float = TrainConfig.gp_weight,
+        diversity_weight: float = TrainConfig.diversity_weight,
     ) -> None:
         self.G, self.D, self.ema = generator, discriminator, ema
         self.opt_g, self.opt_d = opt_g, opt_d
@@ -215,17 +229,16 @@ def adam_update(
     hp: AdamHyper,
     ok: torch.Tensor,
 ) -> tuple[Tensors, torch.Tensor]:
-    """One Adam step written as tensor math, as torch's fused CPU kernel computes it; returns the new params and the
+    """One Adam step as tensor math, as torch's fused CPU kernel computes it: the new params and the
     step's :func:`adam_scalars`.
 
-    The bias corrections and step size come from :func:`adam_scalars` on the first parameter's step
-    count (torch.optim.Adam steps every parameter of a group together, so the counts agree), the rest
-    is in the parameters' dtype. Under torch.compile the caller must return the scalars from the graph:
-    a graph output is materialised once, where otherwise inductor inlines the scalars into every
-    parameter's fused loop and recomputes two float64 ``pow`` per vector of 8 elements (measured: the
-    updates ran 4x slower). Where ``ok`` (0-d bool) is false nothing
-    changes: the state tensors are updated in place through ``torch.where``, the returned params
-    equal the old ones.
+    The step size and bias correction come from the first parameter's step count (torch.optim.Adam
+    steps every parameter of a group together, so the counts agree); the rest is in the parameters'
+    dtype. Under torch.compile the caller must return the scalars from the graph: a graph output is
+    materialised once, where otherwise inductor inlines them into every parameter's fused loop and
+    recomputes two float64 ``pow`` per vector of 8 elements (measured: updates 4x slower). Where ``ok``
+    (0-d bool) is false nothing changes: the state is written back through ``torch.where`` and the
+    returned params equal the old ones.
     """
     scalars = adam_scalars(steps[0], lr, hp.beta1, hp.beta2).to(params[0].dtype)
     step_size, bias2_sqrt = scalars[0], scalars[1]
@@ -275,12 +288,21 @@ class CompiledStep:
     one-element tensor and the EMA decay comes in the batch, so nothing recompiles across steps. The optimizer
     state stays in ``opt_g.state`` / ``opt_d.state`` in torch.optim.Adam's own layout.
 
-    On CUDA (untested here: no GPU on the development machine): the objectives run under bf16 autocast
-    (the losses cast logits to fp32; parameters, gradients, Adam and EMA stay fp32); ``mode="reduce-overhead"``
-    captures CUDA graphs, and the first call, which compiles, runs uncaptured so the Triton ops' autotuning
-    happens before any capture. TF32 policy: the step does not touch
-    ``torch.backends.cuda.matmul.allow_tf32``; under autocast the GEMMs are bf16, so TF32 only affects the
-    fp32 GEMMs left outside autocast (none in this step).
+    On CUDA (written as the anchors do it, untested: the development machine has no GPU): the objectives
+    run under bf16 autocast, so every GEMM is bf16 (the Triton ops cast their arguments under autocast as
+    ``F.linear`` does); the losses cast logits to fp32, and parameters, gradients, Adam and the EMA stay
+    fp32. ``mode="reduce-overhead"`` captures CUDA graphs; the first call compiles and runs uncaptured
+    (the cudagraph-trees warm-up), so the Triton ops autotune before any capture; persistent tensors are
+    marked static (:meth:`graph_inputs`), and the returned losses are cloned out of the graph's pool.
+    TF32: the step leaves ``torch.backends.cuda.matmul.allow_tf32`` to the user (default off, which the
+    Triton kernels follow for fp32); with every GEMM in bf16 it has nothing to change inside the step.
+
+    On CPU, inductor's C++ wrapper (``cpp_wrapper``) calls the ~70 kernels and GEMMs of the graph without
+    Python in between (measured 3-5% per step at batch 64).
+
+    Dynamo caches compiled code per code object, so every instance adds one entry to :meth:`_step`'s
+    cache (guarded on the instance): a process that builds more than 8 instances (dynamo's recompile
+    limit) should ``torch._dynamo.reset()`` between them, as ``python -m fastmmgan.bench`` does.
 
     ``compile_seconds`` holds the wall time of the first call (trace, compile, run) once it has returned.
     """
@@ -292,9 +314,9 @@ class CompiledStep:
         ema: Generator,
         opt_g: torch.optim.Optimizer,
         opt_d: torch.optim.Optimizer,
-        loss: str = "ns",
-        gp_weight: float = 10.0,
-        diversity_weight: float = 1.2,
+        loss: str = TrainConfig.loss,
+        gp_weight: float = TrainConfig.gp_weight,
+        diversity_weight: float = TrainConfig.diversity_weight,
         device: torch.device | None = None,
         backend: str = "inductor",
         options: dict | None = None,
@@ -326,8 +348,9 @@ class CompiledStep:
     def _lr(self, opt: torch.optim.Optimizer) -> torch.Tensor:
         """The group's current lr as a cached float64 [1] tensor on the device (refreshed when it changes).
 
-    Not 0-d: dynamo treats a 0-d float64 CPU input as a Python float, specialises on its value (a
-    recompile per lr change) and restarts its analysis (twice the trace time)."""
+        Not 0-d: dynamo treats a 0-d float64 CPU input as a Python float, specialises on its value (a
+        recompile per lr change) and restarts its analysis (twice the trace time).
+        """
         value = float(opt.param_groups[0]["lr"])
         cached = self._lr_cache.get(id(opt))
         if cached is None or cached[0] != value:
@@ -341,11 +364,7 @@ class CompiledStep:
         start = time.perf_counter()
         if self.cuda:
             torch.compiler.cudagraph_mark_step_begin()
-        out, _ = self._compiled(
-            batch.real, batch.mask, batch.given, batch.mismatched, batch.mismatch_weight, batch.z, batch.alpha,
-            batch.ema_beta, list(self.ema.parameters()), adam_state(self.opt_g), adam_state(self.opt_d),
-            self._lr(self.opt_g), self._lr(self.opt_d),
-        )
+        out, _ = self._compiled(*self.graph_inputs(batch))
         if self.cuda:
             out = {k: v.clone() for k, v in out.items()}
         if first:
@@ -353,7 +372,20 @@ class CompiledStep:
             log.info("compiled the training step in %.1f s", self.compile_seconds)
         return out
 
-    def _autocast(self):
+    def graph_inputs(self, batch: StepInputs) -> tuple:
+        """The arguments of the compiled graph (:meth:`_step`) for ``batch``: the batch's tensors, the EMA,
+        both optimizers' (params, exp_avg, exp_avg_sq, step) and their lrs. On CUDA the persistent ones
+        are marked static, so CUDA graphs update them in place instead of copying them in."""
+        ema, state_g, state_d = list(self.ema.parameters()), adam_state(self.opt_g), adam_state(self.opt_d)
+        if self.cuda:
+            for t in itertools.chain(ema, *state_g, *state_d):
+                torch._dynamo.mark_static_address(t)
+        return (
+            batch.real, batch.mask, batch.given, batch.mismatched, batch.mismatch_weight, batch.z, batch.alpha,
+            batch.ema_beta, ema, state_g, state_d, self._lr(self.opt_g), self._lr(self.opt_d),
+        )
+
+    def _autocast(self) -> torch.autocast:
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda)
 
     def _step(
@@ -416,7 +448,7 @@ def build_step(
     ema: Generator,
     opt_g: torch.optim.Optimizer,
     opt_d: torch.optim.Optimizer,
-    cfg,
+    cfg: TrainConfig,
     device: torch.device,
 ) -> ReferenceStep | CompiledStep:
     """The step a run uses: :class:`CompiledStep` when ``cfg.compile``, else :class:`ReferenceStep`.

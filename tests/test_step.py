@@ -2,8 +2,9 @@
 
 The default loss runs through inductor (the shipped path); the other losses through the same dynamo +
 AOTAutograd graph executed by ``aot_eager``, which checks their objectives in the compiled formulation
-without paying inductor's codegen per loss. Tolerance: :func:`fastmmgan.bench.assert_close_fp32`
-(rtol 1e-5, atol 1e-5 scaled by magnitude, the fp32 policy).
+without paying inductor's codegen per loss. Tolerances: :func:`fastmmgan.bench.assert_steps_match`
+(the fp32 policy for losses and Adam's moments; for parameters the policy plus 0.1 lr per step
+element-wise, and each tensor's update equal within 1e-3 in norm; the docstring says why).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 from fastmmgan.bench import Models, assert_steps_match, build_models, make_steps, random_dataset
 from fastmmgan.config import TrainConfig
 from fastmmgan.data import digits_specs
-from fastmmgan.step import CompiledStep, ReferenceStep, StepInputs, adam_state, build_step
+from fastmmgan.step import CompiledStep, ReferenceStep, StepInputs, build_step
 from fastmmgan.trainer import draw_step_inputs
 
 CFG = TrainConfig(batch_size=16, z_dim=8, g_width=32, d_width=32, g_depth=1, d_depth=1, device="cpu")
@@ -81,18 +82,6 @@ def test_compiled_formulation_matches_reference_for_other_losses(data, loss):
     make_pair(data, replace(CFG, loss=loss), "aot_eager")
 
 
-def test_step_graph_has_no_breaks(data):
-    models = build_models(data, CFG)
-    fast = CompiledStep(models.G, models.D, models.ema, models.opt_g, models.opt_d)
-    batch = draw_step_inputs(data, 0, CFG)
-    args = (batch.real, batch.mask, batch.given, batch.mismatched, batch.mismatch_weight, batch.z, batch.alpha,
-            batch.ema_beta, list(models.ema.parameters()), adam_state(models.opt_g), adam_state(models.opt_d),
-            fast._lr(models.opt_g), fast._lr(models.opt_d))
-    with torch.no_grad():
-        explanation = torch._dynamo.explain(fast._step)(*args)
-    assert explanation.graph_break_count == 0 and explanation.graph_count == 1, explanation.break_reasons
-
-
 def poisoned(batch: StepInputs) -> StepInputs:
     """The batch with one NaN feature, set in place: a fresh draw owns its tensors, and replacing them
     by copies would change their view structure, which dynamo guards on (a recompile)."""
@@ -147,3 +136,13 @@ def test_compiled_step_rejects_adam_options_it_does_not_implement(data):
     opt = torch.optim.Adam(models.D.parameters(), amsgrad=True)
     with pytest.raises(ValueError, match="amsgrad"):
         CompiledStep(models.G, models.D, models.ema, models.opt_g, opt)
+
+
+def test_step_graph_has_no_breaks(data):
+    """Last in the file: ``explain`` resets dynamo, so the shared compiled steps would compile again."""
+    models = build_models(data, CFG)
+    fast = CompiledStep(models.G, models.D, models.ema, models.opt_g, models.opt_d)
+    args = fast.graph_inputs(draw_step_inputs(data, 0, CFG))
+    with torch.no_grad():
+        explanation = torch._dynamo.explain(fast._step)(*args)
+    assert explanation.graph_break_count == 0 and explanation.graph_count == 1, explanation.break_reasons
