@@ -30,7 +30,7 @@ import torch
 from .config import TrainConfig
 from .data import MultimodalDataset, digits_specs, load_dataset
 from .modalities import ModalitySpec
-from .models import Discriminator, Generator
+from .models import Discriminator, Generator, calibrate_fusions_
 from .step import CompiledStep, ReferenceStep, StepInputs
 from .trainer import draw_step_inputs
 
@@ -73,11 +73,7 @@ def build_models(ds: MultimodalDataset, cfg: TrainConfig, device: torch.device |
     torch.manual_seed(cfg.seed)
     G = Generator(ds.specs, cfg.z_dim, cfg.g_width, cfg.g_depth).to(device)
     D = Discriminator(ds.specs, cfg.d_width, cfg.d_depth).to(device)
-    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(cfg.seed))[:512]
-    xs = [x[idx].to(device) for x in ds.features]
-    z = torch.randn(len(idx), cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed)).to(device)
-    G.fusion.calibrate_([z, *xs])
-    D.fusion.calibrate_(xs)
+    calibrate_fusions_(G, D, ds.features, cfg.seed)
     ema = copy.deepcopy(G).eval().requires_grad_(False)
     return Models(G, D, ema, adam(G, cfg.lr, cfg), adam(D, cfg.d_lr or cfg.lr, cfg))
 

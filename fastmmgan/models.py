@@ -137,3 +137,16 @@ class Discriminator(nn.Module):
 def compose_fake(real: Sequence[torch.Tensor], generated: Sequence[torch.Tensor], given: torch.Tensor) -> list[torch.Tensor]:
     """What the discriminator judges as fake: given modalities stay real, the rest are generated."""
     return [torch.where(given[:, m : m + 1], x, g) for m, (x, g) in enumerate(zip(real, generated))]
+
+
+def calibrate_fusions_(
+    generator: Generator, discriminator: Discriminator, features: Sequence[torch.Tensor], seed: int
+) -> None:
+    """Data-dependent init of both fusions (see :meth:`SharedProjection.calibrate_`) on up to 512 samples
+    of ``features`` (M tensors [N, dim_m]) chosen by ``seed``, with noise from the same seed."""
+    device = next(generator.parameters()).device
+    idx = torch.randperm(len(features[0]), generator=torch.Generator().manual_seed(seed))[:512]
+    xs = [x[idx].to(device) for x in features]
+    z = torch.randn(len(idx), generator.z_dim, generator=torch.Generator().manual_seed(seed)).to(device)
+    generator.fusion.calibrate_([z, *xs])
+    discriminator.fusion.calibrate_(xs)

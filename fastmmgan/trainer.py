@@ -23,7 +23,7 @@ from .config import TrainConfig
 from .data import MultimodalDataset, load_dataset
 from .distributed import DistInfo, barrier, init_distributed
 from .errors import FastMMGANError, TrainingDiverged
-from .models import Discriminator, Generator
+from .models import Discriminator, Generator, calibrate_fusions_
 from .samples import write_samples
 from .step import StepInputs, build_step
 
@@ -107,7 +107,7 @@ class Trainer:
         self.specs = ds.specs
         self.G = Generator(self.specs, cfg.z_dim, cfg.g_width, cfg.g_depth).to(self.device)
         self.D = Discriminator(self.specs, cfg.d_width, cfg.d_depth).to(self.device)
-        self._calibrate()
+        calibrate_fusions_(self.G, self.D, self.train_ds.features, cfg.seed)
         self.ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         self.opt_g = self._adam(self.G, cfg.lr)
         self.opt_d = self._adam(self.D, cfg.d_lr or cfg.lr)
@@ -131,14 +131,6 @@ class Trainer:
             print("note: under torchrun the training step runs eagerly with DDP (see README)", file=sys.stderr)
         g_ddp, d_ddp = DDP(self.G, device_ids=ids), DDP(self.D, device_ids=ids)
         return build_step(g_ddp, d_ddp, self.ema, self.opt_g, self.opt_d, replace(self.cfg, compile=False), self.device)
-
-    def _calibrate(self) -> None:
-        """Data-dependent init of both fusions (see SharedProjection.calibrate_), on up to 512 train samples."""
-        idx = torch.randperm(len(self.train_ds), generator=torch.Generator().manual_seed(self.cfg.seed))[:512]
-        xs = [x[idx].to(self.device) for x in self.train_ds.features]
-        z = torch.randn(len(idx), self.cfg.z_dim, generator=torch.Generator().manual_seed(self.cfg.seed)).to(self.device)
-        self.G.fusion.calibrate_([z, *xs])
-        self.D.fusion.calibrate_(xs)
 
     def _adam(self, model: torch.nn.Module, lr: float) -> torch.optim.Adam:
         return torch.optim.Adam(model.parameters(), lr=lr, betas=self.cfg.betas, fused=True)
