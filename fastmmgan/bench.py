@@ -31,7 +31,7 @@ from .config import TrainConfig
 from .data import MultimodalDataset, digits_specs, load_dataset
 from .modalities import ModalitySpec
 from .models import Discriminator, Generator, calibrate_fusions_
-from .step import CompiledStep, ReferenceStep, StepInputs
+from .step import CompiledStep, Recipe, ReferenceStep, StepInputs
 from .trainer import draw_step_inputs
 
 Step = Callable[[StepInputs], dict[str, torch.Tensor]]
@@ -56,10 +56,10 @@ class Models:
 def make_steps(ref: Models, fast: Models, cfg: TrainConfig, **options) -> tuple[ReferenceStep, CompiledStep]:
     """The reference step on ``ref``'s models and the compiled step (``options`` for
     :class:`~fastmmgan.step.CompiledStep`, e.g. backend) on ``fast``'s, both with ``cfg``'s objectives."""
-    recipe = (cfg.loss, cfg.gp_weight, cfg.diversity_weight)
+    recipe = Recipe.from_config(cfg)
     return (
-        ReferenceStep(ref.G, ref.D, ref.ema, ref.opt_g, ref.opt_d, *recipe),
-        CompiledStep(fast.G, fast.D, fast.ema, fast.opt_g, fast.opt_d, *recipe, **options),
+        ReferenceStep(ref.G, ref.D, ref.ema, ref.opt_g, ref.opt_d, recipe),
+        CompiledStep(fast.G, fast.D, fast.ema, fast.opt_g, fast.opt_d, recipe, **options),
     )
 
 
@@ -71,7 +71,7 @@ def build_models(ds: MultimodalDataset, cfg: TrainConfig, device: torch.device |
     """G, D, EMA and fused Adams from ``cfg.seed``, with the fusions calibrated on up to 512 samples
     (as :class:`~fastmmgan.trainer.Trainer` does)."""
     torch.manual_seed(cfg.seed)
-    G = Generator(ds.specs, cfg.z_dim, cfg.g_width, cfg.g_depth).to(device)
+    G = Generator.from_config(ds.specs, cfg).to(device)
     D = Discriminator(ds.specs, cfg.d_width, cfg.d_depth).to(device)
     calibrate_fusions_(G, D, ds.features, cfg.seed)
     ema = copy.deepcopy(G).eval().requires_grad_(False)
@@ -111,7 +111,9 @@ def _wide_data(batch: int) -> MultimodalDataset:
 
 CONFIGS: dict[str, BenchConfig] = {
     "seed-mnist": BenchConfig(
-        "seed-mnist", TrainConfig(z_dim=100, g_width=256, g_depth=1, d_width=256, d_depth=1), _seed_mnist_data
+        "seed-mnist", TrainConfig(
+            z_dim=100, z_components=0, g_width=256, g_depth=1, d_width=256, d_depth=1, mmd_weight=0.0
+        ), _seed_mnist_data
     ),
     "digits": BenchConfig("digits", TrainConfig(), _digits_data),
     "wide": BenchConfig("wide", TrainConfig(g_width=1024, d_width=1024), _wide_data),
@@ -131,7 +133,8 @@ def gemm_flops(G: Generator, D: Discriminator, batch: int) -> float:
     D update: D forward on 3B rows (real, fake, mismatched), its weight gradients, and input gradients
     of every layer but the first (data needs none). G update: G forward on B rows (counted once; the
     D update reuses it), D forward on B rows and its input gradients (no weight gradients), G's weight
-    gradients and input gradients of every layer but the fusion (noise and data need none).
+    gradients and input gradients of every layer but the fusion (noise and data need none). The recipe's
+    extra products (the MMD's row distances, at most 256 rows) are work, but not counted as useful.
     """
 
     def layers(model: torch.nn.Module) -> tuple[float, float]:

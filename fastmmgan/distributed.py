@@ -75,3 +75,17 @@ def all_true(info: DistInfo, flag: bool) -> bool:
 def shutdown(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def gather_rows(x: torch.Tensor) -> torch.Tensor:
+    """Every process's rows of ``x`` [b, ...] in rank order [world * b, ...], differentiable (the backward sends
+    each process the gradient of its own rows, summed over processes); ``x`` itself outside torchrun.
+
+    For batch-level terms that are not a mean over rows (the MMD): computed on the gathered global batch,
+    every process gets the one-process loss, and DDP's gradient averaging then gives the one-process gradient.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x))

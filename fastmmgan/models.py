@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from . import ops
+from .config import TrainConfig
 from .modalities import ModalitySpec
 
 
@@ -77,24 +78,47 @@ class DenseStack(nn.Sequential):
 class Generator(nn.Module):
     """Noise plus any subset of given modalities -> every modality's features in [0, 1].
 
-    The noise z [B, z_dim] is fused with the given modalities as one more, always-present input of the
-    shared projection; ``given`` [B, M] (bool) says which modalities are conditions. Heads are one GEMM
-    over all modalities, split per modality, each through a sigmoid.
+    The noise z [B, z_dim] (standard normal) is fused with the given modalities as one more, always-present
+    input of the shared projection; ``given`` [B, M] (bool) says which modalities are conditions. Heads are
+    one GEMM over all modalities, split per modality, each through a sigmoid.
+
+    With ``components`` K > 0 the noise is a mixture: the argmax of z's first K entries picks one of K
+    equally likely components, fed as a one-hot next to z (see :meth:`noise_features`). Data made of
+    separate clusters (ten digits, each with its caption and tone) then need no continuous path between
+    clusters through z, where a continuous latent drops whole clusters or makes in-between samples.
     """
 
-    def __init__(self, specs: Sequence[ModalitySpec], z_dim: int = 64, width: int = 256, depth: int = 2) -> None:
+    def __init__(
+        self, specs: Sequence[ModalitySpec], z_dim: int = 64, width: int = 256, depth: int = 2, components: int = 0
+    ) -> None:
         super().__init__()
+        if not 0 <= components <= z_dim:
+            raise ValueError(f"components must be in [0, z_dim={z_dim}], got {components}")
         self.specs = tuple(specs)
         self.z_dim = z_dim
-        self.fusion = SharedProjection([z_dim, *(s.dim for s in self.specs)], width)
+        self.components = components
+        self.fusion = SharedProjection([z_dim + components, *(s.dim for s in self.specs)], width)
         self.body = DenseStack(width, depth)
         self.head = nn.Linear(width, sum(s.dim for s in self.specs))
         he_init_(self)
 
+    @classmethod
+    def from_config(cls, specs: Sequence[ModalitySpec], cfg: TrainConfig) -> Generator:
+        return cls(specs, cfg.z_dim, cfg.g_width, cfg.g_depth, cfg.z_components)
+
+    def noise_features(self, z: torch.Tensor) -> torch.Tensor:
+        """z [B, z_dim] -> [B, z_dim + components]: z, then the one-hot of the argmax of its first
+        ``components`` entries, scaled by sqrt(z_dim) so the choice weighs as much as z (same norm)."""
+        if not self.components:
+            return z
+        head = z[:, : self.components]
+        onehot = (head == head.amax(dim=1, keepdim=True)).to(z.dtype)
+        return torch.cat([z, onehot * self.z_dim**0.5], dim=1)
+
     def forward(self, z: torch.Tensor, xs: Sequence[torch.Tensor], given: torch.Tensor) -> list[torch.Tensor]:
         """z [B, z_dim]; xs: M feature tensors [B, dim_m] (ignored where not given); given [B, M] -> M tensors."""
         mask = torch.cat([torch.ones_like(given[:, :1]), given], dim=1)
-        h = self.body(self.fusion([z, *xs], mask))
+        h = self.body(self.fusion([self.noise_features(z), *xs], mask))
         out = torch.sigmoid(self.head(h))
         return list(out.split([s.dim for s in self.specs], dim=1))
 
@@ -148,5 +172,5 @@ def calibrate_fusions_(
     idx = torch.randperm(len(features[0]), generator=torch.Generator().manual_seed(seed))[:512]
     xs = [x[idx].to(device) for x in features]
     z = torch.randn(len(idx), generator.z_dim, generator=torch.Generator().manual_seed(seed)).to(device)
-    generator.fusion.calibrate_([z, *xs])
+    generator.fusion.calibrate_([generator.noise_features(z), *xs])
     discriminator.fusion.calibrate_(xs)

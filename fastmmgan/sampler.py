@@ -123,7 +123,7 @@ def generator_from_state(state: Mapping[str, Any], key: str = "ema") -> Generato
     """Rebuild the generator a checkpoint describes and load its weights (EMA by default)."""
     cfg = TrainConfig.from_dict(state["config"])
     specs = [ModalitySpec.from_dict(d) for d in state["specs"]]
-    gen = Generator(specs, cfg.z_dim, cfg.g_width, cfg.g_depth)
+    gen = Generator.from_config(specs, cfg)
     gen.load_state_dict(state[key])
     return gen
 

@@ -22,7 +22,8 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, vjp
 
 from .config import TrainConfig
-from .losses import discriminator_loss, diversity_loss, generator_loss, gradient_penalty
+from .distributed import gather_rows
+from .losses import discriminator_loss, diversity_loss, generator_loss, gradient_penalty, mmd_loss, r1_penalty
 from .models import Discriminator, Generator, compose_fake
 
 log = logging.getLogger(__name__)
@@ -60,18 +61,28 @@ class StepInputs:
         )
 
 
-def discriminator_objective(
-    D: Discriminator,
-    batch: StepInputs,
-    fake: Sequence[torch.Tensor],
-    loss: str = TrainConfig.loss,
-    gp_weight: float = TrainConfig.gp_weight,
-) -> torch.Tensor:
-    """The discriminator's loss (0-d fp32): real, fake and mismatched real rows judged in one [3B] batch.
+@dataclass(frozen=True)
+class Recipe:
+    """What a step optimises: the GAN loss and the weights of its extra terms (see :class:`TrainConfig`)."""
+
+    loss: str = TrainConfig.loss
+    gp_weight: float = TrainConfig.gp_weight
+    r1_weight: float = TrainConfig.r1_weight
+    diversity_weight: float = TrainConfig.diversity_weight
+    mmd_weight: float = TrainConfig.mmd_weight
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig) -> Recipe:
+        return cls(cfg.loss, cfg.gp_weight, cfg.r1_weight, cfg.diversity_weight, cfg.mmd_weight)
+
+
+def discriminator_objective(D: Discriminator, batch: StepInputs, fake: Sequence[torch.Tensor], recipe: Recipe) -> torch.Tensor:
+    """The discriminator's loss (0-d fp32): real, fake and mismatched real rows judged in one [3B] batch,
+    plus the gradient penalty (wgan-gp) or the R1 penalty (``r1_weight / 2``, any other loss).
 
     Shared by both steps: the compiled one evaluates it with D's parameters swapped in by
-    ``functional_call``, so ``D`` is a real :class:`Discriminator` here too and a new term (say an R1
-    penalty from D's layers) needs no change to the compiled step.
+    ``functional_call``, so ``D`` is a real :class:`Discriminator` here too and a new term needs no
+    change to the compiled step (the penalties' input gradients are ``torch.func.grad``, which it traces).
 
     Calling mismatched rows fake teaches cross-modal consistency (GAN-CLS's matching-aware discriminator);
     their per-row weights drop rows that could not be mismatched. ``fake`` (M tensors [B, dim_m]) is
@@ -81,24 +92,41 @@ def discriminator_objective(
     logits = D(d_in, batch.mask.repeat(3, 1))
     real_logits, fake_logits, mismatch_logits = logits.chunk(3)
     fake_weight = torch.cat([torch.ones_like(batch.mismatch_weight), batch.mismatch_weight])
-    loss_d = discriminator_loss(loss, real_logits, torch.cat([fake_logits, mismatch_logits]), fake_weight)
-    if loss == "wgan-gp":
-        loss_d = loss_d + gp_weight * gradient_penalty(lambda xs: D(xs, batch.mask), batch.real, fake, batch.alpha)
+    loss_d = discriminator_loss(recipe.loss, real_logits, torch.cat([fake_logits, mismatch_logits]), fake_weight)
+    critic = partial(D, mask=batch.mask)
+    if recipe.loss == "wgan-gp":
+        loss_d = loss_d + recipe.gp_weight * gradient_penalty(critic, batch.real, fake, batch.alpha)
+    elif recipe.r1_weight > 0:
+        loss_d = loss_d + 0.5 * recipe.r1_weight * r1_penalty(critic, batch.real)
     return loss_d
 
 
-def generator_objective(
-    D: Discriminator,
-    batch: StepInputs,
-    gen: Sequence[torch.Tensor],
-    loss: str = TrainConfig.loss,
-    diversity_weight: float = TrainConfig.diversity_weight,
-) -> torch.Tensor:
-    """The generator's loss (0-d fp32) for its outputs ``gen`` (M tensors [B, dim_m]) judged by ``D``,
-    plus the mode-seeking diversity term; given modalities are replaced by the real ones first."""
+MMD_ROWS = 256
+"""The MMD compares at most this many leading rows of a batch (its cost grows with rows squared);
+:func:`~fastmmgan.trainer.draw_step_inputs` puts the rows generated from noise first."""
+
+
+def generator_objective(D: Discriminator, batch: StepInputs, gen: Sequence[torch.Tensor], recipe: Recipe) -> torch.Tensor:
+    """The generator's loss (0-d fp32) for its outputs ``gen`` (M tensors [B, dim_m]) judged by ``D``
+    (given modalities replaced by the real ones first), plus the mode-seeking diversity term and the
+    MMD between the rows generated from noise alone and the real batch."""
     fake = compose_fake(batch.real, gen, batch.given)
-    loss_g = generator_loss(loss, D(fake, batch.mask))
-    return loss_g + diversity_weight * diversity_loss(gen, batch.z, batch.given)
+    loss_g = generator_loss(recipe.loss, D(fake, batch.mask))
+    loss_g = loss_g + recipe.diversity_weight * diversity_loss(gen, batch.z, batch.given)
+    if recipe.mmd_weight > 0:
+        loss_g = loss_g + recipe.mmd_weight * batch_mmd(gen, batch)
+    return loss_g
+
+
+def batch_mmd(gen: Sequence[torch.Tensor], batch: StepInputs) -> torch.Tensor:
+    """:func:`~fastmmgan.losses.mmd_loss` between the rows of ``gen`` generated from noise alone and the real
+    rows, over the leading :data:`MMD_ROWS` rows of the global batch (gathered from every process under
+    torchrun, so the loss, and after DDP's averaging the gradient, equal one process's)."""
+    rows = slice(0, MMD_ROWS)
+    free = (~gather_rows(batch.given).any(dim=1)).float()[rows]
+    fake = [gather_rows(g)[rows] for g in gen]
+    real = [gather_rows(x)[rows] for x in batch.real]
+    return mmd_loss(fake, real, free)
 
 
 def all_finite(loss: torch.Tensor, grads: Sequence[torch.Tensor | None]) -> torch.Tensor:
@@ -129,20 +157,17 @@ class ReferenceStep:
         ema: Generator,
         opt_g: torch.optim.Optimizer,
         opt_d: torch.optim.Optimizer,
-        loss: str = TrainConfig.loss,
-        gp_weight: float = TrainConfig.gp_weight,
-        diversity_weight: float = TrainConfig.diversity_weight,
+        recipe: Recipe = Recipe(),
     ) -> None:
         self.G, self.D, self.ema = generator, discriminator, ema
         self.opt_g, self.opt_d = opt_g, opt_d
-        self.loss, self.gp_weight = loss, gp_weight
-        self.diversity_weight = diversity_weight
+        self.recipe = recipe
 
     def __call__(self, batch: StepInputs) -> dict[str, torch.Tensor]:
         gen = self.G(batch.z, batch.real, batch.given)
         fake = compose_fake(batch.real, gen, batch.given)
 
-        loss_d = discriminator_objective(self.D, batch, fake, self.loss, self.gp_weight)
+        loss_d = discriminator_objective(self.D, batch, fake, self.recipe)
         self.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         ok_d = bool(all_finite(loss_d, [p.grad for p in self.D.parameters()]))
@@ -151,7 +176,7 @@ class ReferenceStep:
 
         self.D.requires_grad_(False)
         judge = getattr(self.D, "module", self.D)
-        loss_g = generator_objective(judge, batch, gen, self.loss, self.diversity_weight)
+        loss_g = generator_objective(judge, batch, gen, self.recipe)
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.D.requires_grad_(True)
@@ -314,23 +339,19 @@ class CompiledStep:
         ema: Generator,
         opt_g: torch.optim.Optimizer,
         opt_d: torch.optim.Optimizer,
-        loss: str = TrainConfig.loss,
-        gp_weight: float = TrainConfig.gp_weight,
-        diversity_weight: float = TrainConfig.diversity_weight,
+        recipe: Recipe = Recipe(),
         device: torch.device | None = None,
         backend: str = "inductor",
         options: dict | None = None,
     ) -> None:
-        if loss == "wgan-gp":
-            raise ValueError("wgan-gp's gradient penalty needs a double backward, which the compiled step does not trace")
         self.G, self.D, self.ema = generator, discriminator, ema
         self.opt_g, self.opt_d = opt_g, opt_d
         self.hyper_g, self.hyper_d = adam_hyper(opt_g), adam_hyper(opt_d)
         for opt, model in ((opt_g, generator), (opt_d, discriminator)):
             if [id(p) for p in opt.param_groups[0]["params"]] != [id(p) for p in model.parameters()]:
                 raise ValueError("each optimizer must hold exactly its model's parameters, in order")
-        self.d_objective = _Bound(discriminator, partial(discriminator_objective, loss=loss, gp_weight=gp_weight))
-        self.g_objective = _Bound(discriminator, partial(generator_objective, loss=loss, diversity_weight=diversity_weight))
+        self.d_objective = _Bound(discriminator, partial(discriminator_objective, recipe=recipe))
+        self.g_objective = _Bound(discriminator, partial(generator_objective, recipe=recipe))
         self.g_names = ["module." + n for n, _ in generator.named_parameters()]
         self.d_names = ["module." + n for n, _ in discriminator.named_parameters()]
         self._generate = _Bound(generator, lambda G, z, real, given: G(z, real, given))
@@ -453,10 +474,10 @@ def build_step(
 ) -> ReferenceStep | CompiledStep:
     """The step a run uses: :class:`CompiledStep` when ``cfg.compile``, else :class:`ReferenceStep`.
 
-    What the compiled step cannot do (wgan-gp's double backward; an Adam option it does not implement)
-    falls back to the reference step with one warning saying why.
+    What the compiled step cannot do (an Adam option it does not implement) falls back to the reference
+    step with one warning saying why.
     """
-    args = (generator, discriminator, ema, opt_g, opt_d, cfg.loss, cfg.gp_weight, cfg.diversity_weight)
+    args = (generator, discriminator, ema, opt_g, opt_d, Recipe.from_config(cfg))
     if cfg.compile:
         try:
             return CompiledStep(*args, device=device)

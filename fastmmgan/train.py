@@ -31,9 +31,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--d-lr", type=float, default=_DEFAULTS.d_lr, help="Adam learning rate of the discriminator")
     p.add_argument("--loss", choices=LOSSES, default=_DEFAULTS.loss, help="GAN loss (ns = non-saturating)")
     p.add_argument("--gp-weight", type=float, default=_DEFAULTS.gp_weight, help="gradient penalty weight for wgan-gp")
+    p.add_argument("--r1-weight", type=float, default=_DEFAULTS.r1_weight,
+                   help="gamma of the R1 penalty on the discriminator's gradient at real data (0: off; not with wgan-gp)")
     p.add_argument("--diversity-weight", type=float, default=_DEFAULTS.diversity_weight,
                    help="weight of the mode-seeking term that keeps samples from noise diverse (0: off)")
+    p.add_argument("--mmd-weight", type=float, default=_DEFAULTS.mmd_weight,
+                   help="weight of the MMD between samples from noise and real data (keeps every cluster)")
     p.add_argument("--z-dim", type=int, default=_DEFAULTS.z_dim, help="noise size")
+    p.add_argument("--z-components", type=int, default=None,
+                   help="mixture components of the noise: the argmax of its first K entries picks one "
+                        "(default: z-dim; 0: plain Gaussian noise)")
     p.add_argument("--g-width", type=int, default=_DEFAULTS.g_width, help="generator width (shared space size)")
     p.add_argument("--g-depth", type=int, default=_DEFAULTS.g_depth, help="generator dense layers after the fusion")
     p.add_argument("--d-width", type=int, default=_DEFAULTS.d_width, help="discriminator width")

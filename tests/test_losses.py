@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fastmmgan.errors import FastMMGANError
-from fastmmgan.losses import LOSSES, discriminator_loss, generator_loss, gradient_penalty
+from fastmmgan.losses import LOSSES, discriminator_loss, generator_loss, gradient_penalty, mmd_loss, r1_penalty
 
 ZERO = torch.zeros(4, 1)
 REAL = torch.full((4, 1), 2.0)
@@ -53,6 +53,18 @@ def test_gradient_penalty_of_unit_slope_critic_is_zero():
     assert gp2.item() == pytest.approx(1.0, abs=1e-5)
 
 
+def test_r1_penalty_is_the_mean_squared_input_gradient_and_trains_the_critic():
+    """A critic sum_m x_m @ w_m has gradient w_m at every row: R1 = sum_m ||w_m||^2, and its gradient
+    w.r.t. w_m is 2 w_m (the penalty is differentiable w.r.t. the critic's parameters)."""
+    w = [torch.tensor([0.6, 0.8, 0.0], requires_grad=True), torch.tensor([1.0, -2.0], requires_grad=True)]
+    real = [torch.randn(8, 3), torch.randn(8, 2)]
+    r1 = r1_penalty(lambda xs: sum(x @ wm[:, None] for x, wm in zip(xs, w)), real)
+    assert r1.item() == pytest.approx(1.0 + 5.0, rel=1e-6)
+    grads = torch.autograd.grad(r1, w)
+    for g, wm in zip(grads, w):
+        torch.testing.assert_close(g, 2 * wm.detach())
+
+
 def test_every_loss_is_finite_and_differentiable():
     for name in LOSSES:
         logits = torch.randn(6, 1, requires_grad=True)
@@ -75,3 +87,22 @@ def test_diversity_loss_penalises_ignoring_the_noise_on_unconditional_pairs_only
     half = free.clone()
     half[0, 0] = True
     assert diversity_loss(same, z, half).item() == pytest.approx(0.5e5, rel=1e-3)
+
+
+def test_mmd_sees_a_missing_cluster_and_pulls_towards_it():
+    """Real rows from two clusters; fakes from one of them score worse than fakes from both, and the
+    gradient moves the fakes towards the missing cluster. Weights pick the rows that count."""
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.1] * 6, [0.9] * 6])
+    real = [centres[torch.arange(64) % 2] + 0.02 * torch.randn(64, 6, generator=g), torch.rand(64, 3, generator=g)]
+    both = [real[0][torch.randperm(64, generator=g)], real[1]]
+    one = [centres[torch.zeros(64, dtype=torch.long)] + 0.02 * torch.randn(64, 6, generator=g), real[1]]
+    ones = torch.ones(64)
+    assert mmd_loss(one, real, ones) > 5 * mmd_loss(both, real, ones)
+    moved = one[0].clone().requires_grad_(True)
+    mmd_loss([moved, real[1]], real, ones).backward()
+    assert (moved.grad < 0).float().mean() > 0.9
+    assert mmd_loss(one, real, torch.zeros(64)).item() == 0.0
+    mixed_weight = (torch.arange(64) < 32).float()
+    assert mmd_loss([torch.cat([both[0][:32], one[0][32:]]), real[1]], real, mixed_weight) == pytest.approx(
+        mmd_loss([both[0][:32], real[1][:32]], [r for r in real], torch.ones(32)).item(), rel=1e-5)

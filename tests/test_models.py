@@ -74,3 +74,24 @@ def test_state_dict_round_trip_gives_identical_outputs():
     clone.load_state_dict(gen.state_dict())
     z, given = torch.randn(5, 8), torch.zeros(5, 3, dtype=torch.bool)
     assert torch.equal(gen(z, _inputs(), given)[0], clone(z, _inputs(), given)[0])
+
+
+def test_noise_components_are_a_uniform_one_hot_of_the_argmax():
+    gen = Generator(SPECS, z_dim=8, width=32, depth=1, components=4)
+    z = torch.randn(4000, 8, generator=torch.Generator().manual_seed(0))
+    feats = gen.noise_features(z)
+    assert feats.shape == (4000, 12) and torch.equal(feats[:, :8], z)
+    onehot = feats[:, 8:] / 8**0.5
+    assert torch.equal(onehot.sum(dim=1), torch.ones(4000))
+    assert torch.equal(onehot.argmax(dim=1), z[:, :4].argmax(dim=1))
+    share = onehot.mean(dim=0)
+    assert (share - 0.25).abs().max() < 0.03
+    assert gen.fusion.proj[0].weight.shape == (32, 12)
+    assert Generator(SPECS, z_dim=8, width=32, depth=1).noise_features(z) is z
+
+
+def test_noise_components_cannot_exceed_the_noise_size():
+    import pytest
+
+    with pytest.raises(ValueError, match="components"):
+        Generator(SPECS, z_dim=8, components=9)
