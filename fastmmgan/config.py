@@ -21,7 +21,7 @@ class TrainConfig:
 
     dataset: str = "digits"
     data: str | None = None
-    steps: int = 30000
+    steps: int = 25000
     batch_size: int = 64
     lr: float = 2e-4
     d_lr: float | None = 1e-4
