@@ -66,14 +66,17 @@ def generator_loss(name: str, fake_logits: torch.Tensor) -> torch.Tensor:
     return _G_LOSS[check_loss(name)](fake_logits.float())
 
 
-def input_gradients(critic: Callable[[list[torch.Tensor]], torch.Tensor], xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """d critic(xs).sum() / d xs: one tensor per input, each shaped like it.
+def squared_input_gradient_norms(
+    critic: Callable[[list[torch.Tensor]], torch.Tensor], xs: Sequence[torch.Tensor]
+) -> torch.Tensor:
+    """Per row, ||d critic(xs).sum() / d xs||^2 over all inputs (modalities) together: [B].
 
-    Taken with ``torch.func.grad``, so the result stays differentiable w.r.t. the critic's parameters
-    both under eager autograd and inside ``torch.func`` transforms (the compiled step traces it into
-    one graph, where ``torch.autograd.grad`` would not trace).
+    The gradient is taken with ``torch.func.grad``, so the result stays differentiable w.r.t. the critic's
+    parameters both under eager autograd and inside ``torch.func`` transforms (the compiled step traces it
+    into one graph, where ``torch.autograd.grad`` would not trace).
     """
-    return torch.func.grad(lambda inputs: critic(inputs).float().sum())(list(xs))
+    grads = torch.func.grad(lambda inputs: critic(inputs).float().sum())(list(xs))
+    return sum(g.square().sum(dim=1) for g in grads)
 
 
 def gradient_penalty(
@@ -88,8 +91,7 @@ def gradient_penalty(
     The gradient norm is taken over all modalities' features together.
     """
     interp = [alpha * r + (1 - alpha) * f.detach() for r, f in zip(real, fake)]
-    grads = input_gradients(critic, interp)
-    norm = torch.sqrt(sum(g.square().sum(dim=1) for g in grads) + 1e-12)
+    norm = torch.sqrt(squared_input_gradient_norms(critic, interp) + 1e-12)
     return (norm - 1).square().mean()
 
 
@@ -99,8 +101,7 @@ def r1_penalty(critic: Callable[[list[torch.Tensor]], torch.Tensor], real: Seque
     Penalising the discriminator's slope on real data damps the oscillation that makes a GAN's samples
     hop between modes; the caller weighs it by gamma / 2.
     """
-    grads = input_gradients(critic, [r.detach() for r in real])
-    return sum(g.square().sum(dim=1) for g in grads).mean()
+    return squared_input_gradient_norms(critic, [r.detach() for r in real]).mean()
 
 
 def diversity_loss(generated: Sequence[torch.Tensor], z: torch.Tensor, given: torch.Tensor) -> torch.Tensor:
