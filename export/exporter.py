@@ -27,13 +27,11 @@ rounded weights, but not CUDA's arithmetic, and such a file runs slower than fp3
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import io
 import logging
-import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +45,7 @@ from fastmmgan.checkpoint import atomic_write_bytes, load_checkpoint
 from fastmmgan.config import TrainConfig
 from fastmmgan.errors import FastMMGANError
 from fastmmgan.models import Generator
+from fastmmgan.ops import kernels_mode
 from fastmmgan.sampler import generator_from_state
 
 from .metadata import GeneratorMetadata, io_names
@@ -86,20 +85,6 @@ class ExportGraph(nn.Module):
     def _cast(self, t: torch.Tensor) -> torch.Tensor:
         """To the weights' dtype; fp32 skips it, since the tracer would record a no-op Cast."""
         return t.to(self.dtype) if self.dtype != torch.float32 else t
-
-
-@contextlib.contextmanager
-def reference_kernels() -> Iterator[None]:
-    """Route the fused ops through their plain-torch reference for the duration (standard ONNX ops only)."""
-    old = os.environ.get("FASTMMGAN_KERNELS")
-    os.environ["FASTMMGAN_KERNELS"] = "reference"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("FASTMMGAN_KERNELS", None)
-        else:
-            os.environ["FASTMMGAN_KERNELS"] = old
 
 
 def mask_patterns(batch: int, modalities: int) -> torch.Tensor:
@@ -169,7 +154,7 @@ def trace_to_onnx(
     args = example_inputs(generator, _TRACE_BATCH)
     trace = _trace_torchscript if exporter == "torchscript" else _trace_dynamo
     try:
-        with reference_kernels(), torch.no_grad():
+        with kernels_mode("reference"), torch.no_grad():
             return trace(graph, args, inputs, outputs, opset)
     except FastMMGANError:
         raise
@@ -225,7 +210,7 @@ def check_parity(
     results = []
     for i, batch in enumerate(batches):
         z, *xs, mask = example_inputs(reference, batch, seed + i)
-        with reference_kernels(), torch.no_grad():
+        with kernels_mode("reference"), torch.no_grad():
             expected = [t.numpy() for t in reference(z, xs, mask.bool())]
         got = runner.run(z.numpy(), [x.numpy() for x in xs], mask.numpy())
         err = max(float(np.abs(g - e).max()) for g, e in zip(got, expected, strict=True))

@@ -11,6 +11,8 @@ from .errors import FastMMGANError
 from .losses import check_loss
 
 ADDED_FIELDS: dict[str, Any] = {"z_components": 0, "r1_weight": 0.0, "mmd_weight": 0.0}
+PRECISIONS = ("auto", "bf16", "fp32")
+COMPILE_BACKENDS = ("inductor", "aot_eager")
 """Fields added after the first release, with the values that reproduce runs saved without them."""
 
 
@@ -42,6 +44,8 @@ class TrainConfig:
     test_fraction: float = 0.2
     device: str = "auto"
     compile: bool = True
+    compile_backend: str = "inductor"
+    precision: str = "auto"
     ckpt_every: int = 1000
     keep_checkpoints: int = 3
     sample_every: int = 1000
@@ -77,6 +81,11 @@ class TrainConfig:
             raise FastMMGANError(f"ema-decay must be in [0, 1), got {self.ema_decay}")
         if not 0.0 < self.test_fraction < 1.0:
             raise FastMMGANError(f"test-fraction must be in (0, 1), got {self.test_fraction}")
+        if self.compile_backend not in COMPILE_BACKENDS:
+            expected = ", ".join(COMPILE_BACKENDS)
+            raise FastMMGANError(f"unknown compile-backend {self.compile_backend!r} (expected one of {expected})")
+        if self.precision not in PRECISIONS:
+            raise FastMMGANError(f"unknown precision {self.precision!r} (expected one of {', '.join(PRECISIONS)})")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise FastMMGANError(f"unknown device {self.device!r} (expected auto, cpu or cuda)")
 

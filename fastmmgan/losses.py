@@ -71,12 +71,14 @@ def squared_input_gradient_norms(
 ) -> torch.Tensor:
     """Per row, ||d critic(xs).sum() / d xs||^2 over all inputs (modalities) together: [B].
 
-    The gradient is taken with ``torch.func.grad``, so the result stays differentiable w.r.t. the critic's
-    parameters both under eager autograd and inside ``torch.func`` transforms (the compiled step traces it
-    into one graph, where ``torch.autograd.grad`` would not trace).
+    The gradient is ``torch.autograd.grad(create_graph=True)`` of the critic at fresh leaves holding xs'
+    values, so the result is differentiable w.r.t. the critic's parameters (through the fused ops' double
+    backward) in the eager step and inside the compiled one, which traces it into its one graph.
     """
-    grads = torch.func.grad(lambda inputs: critic(inputs).float().sum())(list(xs))
-    return sum(g.square().sum(dim=1) for g in grads)
+    with torch.enable_grad():
+        inputs = [x.detach().requires_grad_(True) for x in xs]
+        grads = torch.autograd.grad(critic(inputs).float().sum(), inputs, create_graph=True)
+    return sum(g.float().square().sum(dim=1) for g in grads)
 
 
 def gradient_penalty(

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from types import ModuleType
 
 import torch
@@ -64,19 +66,84 @@ def shared_projection_reference(
     return F.leaky_relu(acc + bias, slope)
 
 
-def _kernels_for(x: torch.Tensor) -> ModuleType | None:
-    """The Triton kernels module when ``FASTMMGAN_KERNELS`` routes ``x`` there, else None (reference math).
+def tf32_allowed() -> bool:
+    """Whether torch lets fp32 CUDA matmuls use TF32, read through the API the user set it with.
 
-    ``auto`` (default): the kernels for CUDA tensors when triton is installed, the reference for
-    everything else, so a CPU tensor never reaches a Triton op (inductor has no driver for it);
-    ``reference``: always the reference; ``triton``: always the kernels, even on CPU tensors (they
-    then need TRITON_INTERPRET=1). The import is a plain statement so torch.compile traces it.
+    torch >= 2.9 has ``torch.backends.cuda.matmul.fp32_precision`` ("tf32", "ieee", or "none" = inherit
+    ``torch.backends.fp32_precision``); the legacy ``allow_tf32`` flag sets it too, but reading the legacy
+    flag after the new API was used raises, so it is only read where the new API does not exist.
     """
-    mode = os.environ.get(KERNELS_ENV, "auto")
+    matmul = torch.backends.cuda.matmul
+    precision = getattr(matmul, "fp32_precision", None)
+    if precision is None:
+        return bool(matmul.allow_tf32)
+    if precision == "none":
+        precision = getattr(torch.backends, "fp32_precision", "none")
+    return precision == "tf32"
+
+
+_LOCAL = threading.local()
+
+
+@contextmanager
+def kernels_mode(mode: str) -> Iterator[None]:
+    """Within the block, this thread dispatches as ``FASTMMGAN_KERNELS=mode`` would (auto, reference, triton).
+
+    Thread-safe (the choice is per thread) and traced by torch.compile (dynamo guards on it), unlike
+    changing the environment: the exporter uses ``kernels_mode("reference")`` so ONNX sees plain ops.
+    """
+    check_mode(mode)
+    previous = getattr(_LOCAL, "mode", None)
+    _LOCAL.mode = mode
+    try:
+        yield
+    finally:
+        _LOCAL.mode = previous
+
+
+def check_mode(mode: str) -> str:
     if mode not in _KERNEL_MODES:
         raise ValueError(f"{KERNELS_ENV}={mode!r} is not one of {', '.join(_KERNEL_MODES)}")
-    if mode == "reference" or (mode == "auto" and not (x.is_cuda and _HAS_TRITON)):
+    return mode
+
+
+def kernels_mode_now() -> str:
+    """This thread's dispatch mode: the innermost :func:`kernels_mode`, else ``FASTMMGAN_KERNELS``, else auto."""
+    mode = getattr(_LOCAL, "mode", None)
+    return check_mode(mode if mode is not None else os.environ.get(KERNELS_ENV, "auto"))
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype the op will run in: autocast's for x's device when autocast is on, else x's."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
+def _kernels_for(x: torch.Tensor, family: str) -> ModuleType | None:
+    """The Triton kernels module when the dispatch mode routes ``x`` there, else None (reference math).
+
+    ``auto`` (default): the kernels for CUDA tensors in 16-bit (under autocast or not) and for fp32 when
+    TF32 is allowed, once their first-use self-check (:mod:`fastmmgan.selfcheck`) passed for this op,
+    device and dtype; everything else gets the reference: CPU tensors (a CPU tensor must never reach a
+    Triton op under inductor), and fp32 without TF32, where Triton's ``tl.dot`` compiles to FMA code and
+    cuBLAS is faster. ``reference``: always the reference. ``triton``: always the kernels, even on CPU
+    tensors (they then need TRITON_INTERPRET=1), with no self-check and no fall-back: errors raise.
+    The import is a plain statement so torch.compile traces it.
+    """
+    mode = kernels_mode_now()
+    if mode == "reference":
         return None
+    if mode == "auto":
+        if not (x.is_cuda and _HAS_TRITON):
+            return None
+        dtype = _compute_dtype(x)
+        if dtype == torch.float32 and not tf32_allowed():
+            return None
+        from . import selfcheck
+
+        if not selfcheck.passed(family, x.device, dtype):
+            return None
     from fastmmgan import kernels
 
     return kernels
@@ -86,7 +153,7 @@ def fused_dense(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, slope: float = DEFAULT_SLOPE
 ) -> torch.Tensor:
     """Linear + bias + leaky-ReLU; see :func:`fused_dense_reference` for the contract."""
-    kernels = _kernels_for(x)
+    kernels = _kernels_for(x, "fused_dense")
     if kernels is None:
         return fused_dense_reference(x, weight, bias, slope)
     return kernels.fused_dense_triton(x, weight, bias, slope)
@@ -100,7 +167,7 @@ def shared_projection(
     slope: float = DEFAULT_SLOPE,
 ) -> torch.Tensor:
     """Masked multimodal fusion; see :func:`shared_projection_reference` for the contract."""
-    kernels = _kernels_for(xs[0]) if xs else None
+    kernels = _kernels_for(xs[0], "shared_projection") if xs else None
     if kernels is None:
         return shared_projection_reference(xs, weights, bias, mask, slope)
     return kernels.shared_projection_triton(xs, weights, bias, mask, slope)

@@ -5,7 +5,9 @@ The random draws of a step (batch, masks, noise) are made by the caller and pass
 
 Two implementations share the objectives (:func:`discriminator_objective`, :func:`generator_objective`):
 :class:`ReferenceStep`, plain eager autograd + ``torch.optim.Adam``, the source of truth; and
-:class:`CompiledStep`, the whole step as one ``torch.compile`` graph (see its docstring).
+:class:`CompiledStep`, the whole step as one ``torch.compile`` graph (see its docstring). Both take their
+gradients with standard autograd, so the fused ops' registered backward (the Triton kernels on CUDA) runs
+in both, and both run the objectives under the same autocast (:func:`autocast_dtype`).
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ from functools import partial
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad_and_value, vjp
+from torch.func import functional_call
 
-from .config import TrainConfig
+from .config import COMPILE_BACKENDS, PRECISIONS, TrainConfig
 from .distributed import gather_rows
 from .losses import discriminator_loss, diversity_loss, generator_loss, gradient_penalty, mmd_loss, r1_penalty
 from .models import Discriminator, Generator, compose_fake
+from .ops import kernels_mode_now
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +79,29 @@ class Recipe:
         return cls(cfg.loss, cfg.gp_weight, cfg.r1_weight, cfg.diversity_weight, cfg.mmd_weight)
 
 
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of the objectives for ``precision`` on ``device``: ``auto`` is bf16 on CUDA and
+    none (fp32) elsewhere; ``bf16`` forces it (on CPU too: the CUDA numerics, emulated); ``fp32`` turns it off.
+    Parameters, gradients, Adam and the EMA are fp32 in every case."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> torch.autocast:
+    """``torch.autocast`` on ``device`` in ``dtype``; a disabled one when ``dtype`` is None."""
+    return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+
+
 def discriminator_objective(D: Discriminator, batch: StepInputs, fake: Sequence[torch.Tensor], recipe: Recipe) -> torch.Tensor:
     """The discriminator's loss (0-d fp32): real, fake and mismatched real rows judged in one [3B] batch,
     plus the gradient penalty (wgan-gp) or the R1 penalty (``r1_weight / 2``, any other loss).
 
     Shared by both steps: the compiled one evaluates it with D's parameters swapped in by
     ``functional_call``, so ``D`` is a real :class:`Discriminator` here too and a new term needs no
-    change to the compiled step (the penalties' input gradients are ``torch.func.grad``, which it traces).
+    change to the compiled step (the penalties' input gradients are ``torch.autograd.grad``, which it traces).
 
     Calling mismatched rows fake teaches cross-modal consistency (GAN-CLS's matching-aware discriminator);
     their per-row weights drop rows that could not be mismatched. ``fake`` (M tensors [B, dim_m]) is
@@ -158,16 +177,21 @@ class ReferenceStep:
         opt_g: torch.optim.Optimizer,
         opt_d: torch.optim.Optimizer,
         recipe: Recipe = Recipe(),
+        amp_dtype: torch.dtype | None = None,
     ) -> None:
         self.G, self.D, self.ema = generator, discriminator, ema
         self.opt_g, self.opt_d = opt_g, opt_d
         self.recipe = recipe
+        self.amp_dtype = amp_dtype
+        self.device = next(generator.parameters()).device
 
     def __call__(self, batch: StepInputs) -> dict[str, torch.Tensor]:
-        gen = self.G(batch.z, batch.real, batch.given)
+        with autocast(self.device, self.amp_dtype):
+            gen = [x.float() for x in self.G(batch.z, batch.real, batch.given)]
         fake = compose_fake(batch.real, gen, batch.given)
 
-        loss_d = discriminator_objective(self.D, batch, fake, self.recipe)
+        with autocast(self.device, self.amp_dtype):
+            loss_d = discriminator_objective(self.D, batch, fake, self.recipe).float()
         self.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         ok_d = bool(all_finite(loss_d, [p.grad for p in self.D.parameters()]))
@@ -176,7 +200,8 @@ class ReferenceStep:
 
         self.D.requires_grad_(False)
         judge = getattr(self.D, "module", self.D)
-        loss_g = generator_objective(judge, batch, gen, self.recipe)
+        with autocast(self.device, self.amp_dtype):
+            loss_g = generator_objective(judge, batch, gen, self.recipe).float()
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.D.requires_grad_(True)
@@ -297,32 +322,40 @@ class _Bound(nn.Module):
 class CompiledStep:
     """The whole training step (D update, G update, EMA) as one ``torch.compile(fullgraph=True)`` graph.
 
-    Inside the graph, written with torch.func so no autograd tape or ``.grad`` exists:
+    Inside the graph, gradients come from standard autograd (``torch.autograd.grad``, traced by dynamo
+    with ``trace_autograd_ops``), so AOTAutograd differentiates the fused ops through their registered
+    backward, which is what puts the Triton kernels, forward and backward, inside the compiled step on
+    CUDA. (torch.func transforms cannot: they reject ops whose autograd is registered through
+    ``torch.library``, and under dynamo they would differentiate the op's forward as if it had no backward.)
 
-    - ``vjp`` runs the generator once and keeps its pullback;
-    - ``grad_and_value`` of :func:`discriminator_objective` w.r.t. D's parameters only (real, fake and
-      mismatched rows in one batch; no input gradients for data, none into G);
+    - the generator runs once; its outputs are detached for the D update, so no gradient reaches G there;
+    - ``autograd.grad`` of :func:`discriminator_objective` w.r.t. D's parameters only (real, fake and
+      mismatched rows in one batch; no input gradients for data); the penalties' input gradients are
+      ``autograd.grad(create_graph=True)``, the ops' double backward;
     - Adam (:func:`adam_update`, the fused kernel's math) on D; the NaN guard is a finite flag and
       ``torch.where``, so a bad update changes nothing and never breaks the graph;
-    - ``grad_and_value`` of :func:`generator_objective` w.r.t. G's outputs only, through the updated
-      D (no D weight gradients), then the pullback into G's parameters, Adam on G, and the EMA lerp
-      (weight ``1 - beta`` from a 0-d tensor, 0 when the G update was skipped);
+    - ``autograd.grad`` of :func:`generator_objective`, through the updated D (swapped in by
+      ``functional_call``: no D weight gradients are formed), w.r.t. G's parameters; Adam on G and the EMA
+      lerp (weight ``1 - beta`` from a 0-d tensor, 0 when the G update was skipped);
     - the new parameters, the optimizer state and the EMA are written in place at the end of the graph.
 
     Shapes are static (``dynamic=False``; the trainer drops the ragged last batch); lr is passed as a
     one-element tensor and the EMA decay comes in the batch, so nothing recompiles across steps. The optimizer
     state stays in ``opt_g.state`` / ``opt_d.state`` in torch.optim.Adam's own layout.
 
-    On CUDA (written as the anchors do it, untested: the development machine has no GPU): the objectives
-    run under bf16 autocast, so every GEMM is bf16 (the Triton ops cast their arguments under autocast as
-    ``F.linear`` does); the losses cast logits to fp32, and parameters, gradients, Adam and the EMA stay
-    fp32. ``mode="reduce-overhead"`` captures CUDA graphs; the first call compiles and runs uncaptured
-    (the cudagraph-trees warm-up), so the Triton ops autotune before any capture; persistent tensors are
-    marked static (:meth:`graph_inputs`), and the returned losses are cloned out of the graph's pool.
-    TF32: the step leaves ``torch.backends.cuda.matmul.allow_tf32`` to the user (default off, which the
-    Triton kernels follow for fp32); with every GEMM in bf16 it has nothing to change inside the step.
+    Precision: the objectives run under autocast in ``amp_dtype`` (bf16 on CUDA by default, see
+    :func:`autocast_dtype`), so every GEMM is 16-bit (the Triton ops cast their arguments under autocast as
+    ``F.linear`` does); the losses cast logits to fp32, and parameters, gradients, Adam and the EMA stay fp32.
 
-    On CPU, inductor's C++ wrapper (``cpp_wrapper``) calls the ~70 kernels and GEMMs of the graph without
+    On CUDA with inductor, ``mode="reduce-overhead"`` captures CUDA graphs; the first call compiles and runs
+    uncaptured (the cudagraph-trees warm-up), so the Triton ops autotune before any capture, and the kernels'
+    first-use self-check (:mod:`fastmmgan.selfcheck`) runs before tracing; persistent tensors are marked
+    static (:meth:`graph_inputs`), and the returned losses are cloned out of the graph's pool.
+    ``backend="aot_eager"`` runs the same AOTAutograd graphs op by op without codegen: with
+    ``FASTMMGAN_KERNELS=triton`` and ``TRITON_INTERPRET=1`` that is the CUDA step's exact op sequence,
+    Triton kernels included, on CPU tensors.
+
+    On CPU, inductor's C++ wrapper (``cpp_wrapper``) calls the kernels and GEMMs of the graph without
     Python in between (measured 3-5% per step at batch 64).
 
     Dynamo caches compiled code per code object, so every instance adds one entry to :meth:`_step`'s
@@ -343,6 +376,7 @@ class CompiledStep:
         device: torch.device | None = None,
         backend: str = "inductor",
         options: dict | None = None,
+        amp_dtype: torch.dtype | None | str = "auto",
     ) -> None:
         self.G, self.D, self.ema = generator, discriminator, ema
         self.opt_g, self.opt_d = opt_g, opt_d
@@ -350,6 +384,8 @@ class CompiledStep:
         for opt, model in ((opt_g, generator), (opt_d, discriminator)):
             if [id(p) for p in opt.param_groups[0]["params"]] != [id(p) for p in model.parameters()]:
                 raise ValueError("each optimizer must hold exactly its model's parameters, in order")
+        if backend not in COMPILE_BACKENDS:
+            raise ValueError(f"compile backend must be one of {', '.join(COMPILE_BACKENDS)}, got {backend!r}")
         self.d_objective = _Bound(discriminator, partial(discriminator_objective, recipe=recipe))
         self.g_objective = _Bound(discriminator, partial(generator_objective, recipe=recipe))
         self.g_names = ["module." + n for n, _ in generator.named_parameters()]
@@ -357,8 +393,13 @@ class CompiledStep:
         self._generate = _Bound(generator, lambda G, z, real, given: G(z, real, given))
         self.device = torch.device(device) if device is not None else next(generator.parameters()).device
         self.cuda = self.device.type == "cuda"
+        self.amp_dtype = autocast_dtype("auto", self.device) if amp_dtype == "auto" else amp_dtype
         self.compile_seconds: float | None = None
         self._lr_cache: dict[int, tuple[float, torch.Tensor]] = {}
+        if self.cuda and kernels_mode_now() == "auto":
+            from . import selfcheck
+
+            selfcheck.ensure(self.device, [self.amp_dtype or torch.float32])
         mode = None
         if backend == "inductor" and options is None:
             mode, options = ("reduce-overhead", None) if self.cuda else (None, {"cpp_wrapper": True})
@@ -385,7 +426,8 @@ class CompiledStep:
         start = time.perf_counter()
         if self.cuda:
             torch.compiler.cudagraph_mark_step_begin()
-        out, _ = self._compiled(*self.graph_inputs(batch))
+        with torch._dynamo.config.patch(trace_autograd_ops=True):
+            out, _ = self._compiled(*self.graph_inputs(batch))
         if self.cuda:
             out = {k: v.clone() for k, v in out.items()}
         if first:
@@ -406,8 +448,10 @@ class CompiledStep:
             batch.ema_beta, ema, state_g, state_d, self._lr(self.opt_g), self._lr(self.opt_d),
         )
 
-    def _autocast(self) -> torch.autocast:
-        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda)
+    def explain(self, batch: StepInputs):
+        """``torch._dynamo.explain`` of the step's graph for ``batch`` (graph count, breaks and why)."""
+        with torch._dynamo.config.patch(trace_autograd_ops=True), torch.no_grad():
+            return torch._dynamo.explain(self._step)(*self.graph_inputs(batch))
 
     def _step(
         self,
@@ -429,28 +473,22 @@ class CompiledStep:
         g_params, *g_opt = state_g
         d_params, *d_opt = state_d
 
-        def generate(params: dict[str, torch.Tensor]) -> Tensors:
-            with self._autocast():
-                return [x.float() for x in functional_call(self._generate, params, (z, real, given))]
-
-        def d_loss(params: dict[str, torch.Tensor], fake: Tensors) -> torch.Tensor:
-            with self._autocast():
-                return functional_call(self.d_objective, params, (batch, fake)).float()
-
-        def g_loss(gen: Tensors, params: dict[str, torch.Tensor]) -> torch.Tensor:
-            with self._autocast():
-                return functional_call(self.g_objective, params, (batch, gen)).float()
-
-        gen, pullback = vjp(generate, dict(zip(self.g_names, g_params)))
-        fake = compose_fake(real, gen, given)
-        d_grads, loss_d = grad_and_value(d_loss)(dict(zip(self.d_names, d_params)), fake)
-        d_grads = [d_grads[n] for n in self.d_names]
+        amp = partial(autocast, self.device, self.amp_dtype)
+        with torch.enable_grad():
+            with amp():
+                gen = functional_call(self._generate, dict(zip(self.g_names, g_params)), (z, real, given))
+            gen = [x.float() for x in gen]
+            fake = [f.detach() for f in compose_fake(real, gen, given)]
+            with amp():
+                loss_d = functional_call(self.d_objective, dict(zip(self.d_names, d_params)), (batch, fake)).float()
+            d_grads = list(torch.autograd.grad(loss_d, d_params))
         ok_d = all_finite(loss_d, d_grads)
         d_new, d_scalars = adam_update(d_params, d_grads, *d_opt, lr_d, self.hyper_d, ok_d)
 
-        gen_grads, loss_g = grad_and_value(g_loss)(gen, dict(zip(self.d_names, d_new)))
-        (g_grads,) = pullback(gen_grads)
-        g_grads = [g_grads[n] for n in self.g_names]
+        with torch.enable_grad():
+            with amp():
+                loss_g = functional_call(self.g_objective, dict(zip(self.d_names, d_new)), (batch, gen)).float()
+            g_grads = list(torch.autograd.grad(loss_g, g_params))
         ok_g = all_finite(loss_g, g_grads)
         g_new, g_scalars = adam_update(g_params, g_grads, *g_opt, lr_g, self.hyper_g, ok_g)
 
@@ -460,7 +498,7 @@ class CompiledStep:
         for p, new in zip(d_params + g_params, d_new + g_new, strict=True):
             p.copy_(new)
         skipped = (~(ok_d & ok_g)).float()
-        return {"loss_d": loss_d, "loss_g": loss_g, "skipped": skipped}, (d_scalars, g_scalars)
+        return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(), "skipped": skipped}, (d_scalars, g_scalars)
 
 
 def build_step(
@@ -478,9 +516,10 @@ def build_step(
     step with one warning saying why.
     """
     args = (generator, discriminator, ema, opt_g, opt_d, Recipe.from_config(cfg))
+    amp_dtype = autocast_dtype(cfg.precision, device)
     if cfg.compile:
         try:
-            return CompiledStep(*args, device=device)
+            return CompiledStep(*args, device=device, backend=cfg.compile_backend, amp_dtype=amp_dtype)
         except ValueError as e:
             log.warning("using the eager reference step: %s", e)
-    return ReferenceStep(*args)
+    return ReferenceStep(*args, amp_dtype=amp_dtype)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .checkpoint import CHECKPOINT_DIR, LAST
 from .cli import run_cli
-from .config import TrainConfig
+from .config import COMPILE_BACKENDS, PRECISIONS, TrainConfig
 from .distributed import shutdown
 from .errors import FastMMGANError
 from .losses import LOSSES
@@ -50,6 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=_DEFAULTS.device, help="auto | cpu | cuda (auto: CUDA when available)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=_DEFAULTS.compile,
                    help="use the compiled training step (--no-compile: the reference eager step)")
+    p.add_argument("--compile-backend", choices=COMPILE_BACKENDS, default=_DEFAULTS.compile_backend,
+                   help="torch.compile backend of the step: inductor (fast), or aot_eager (the same autograd graphs "
+                        "run op by op: with FASTMMGAN_KERNELS=triton TRITON_INTERPRET=1 it runs the CUDA step's "
+                        "Triton kernels on CPU)")
+    p.add_argument("--precision", choices=PRECISIONS, default=_DEFAULTS.precision,
+                   help="autocast of the losses' forward and backward: auto (bf16 on CUDA, fp32 on CPU), bf16, fp32; "
+                        "weights, gradients and Adam stay fp32")
     p.add_argument("--out", default="runs/digits", help="run directory (config, checkpoints, samples, metrics)")
     p.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="continue from a checkpoint: a path, or with no value the --out run's last checkpoint")

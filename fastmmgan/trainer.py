@@ -37,6 +37,22 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def check_kernels_can_run(cfg: TrainConfig, device: torch.device) -> None:
+    """FastMMGANError for a dispatch that cannot work: Triton kernels forced onto CPU tensors under inductor,
+    which has no CPU driver for Triton ops (aot_eager or --no-compile run them, in Triton's interpreter)."""
+    from .ops import kernels_mode_now
+
+    try:
+        mode = kernels_mode_now()
+    except ValueError as e:
+        raise FastMMGANError(str(e)) from None
+    if mode == "triton" and device.type == "cpu" and cfg.compile and cfg.compile_backend == "inductor":
+        raise FastMMGANError(
+            "FASTMMGAN_KERNELS=triton on --device cpu needs --compile-backend aot_eager or --no-compile "
+            "(inductor cannot compile Triton ops for CPU tensors), and TRITON_INTERPRET=1"
+        )
+
+
 def _seed_for(*key: int) -> int:
     return int(np.random.SeedSequence([k & 0xFFFFFFFF for k in key]).generate_state(1)[0])
 
@@ -95,6 +111,7 @@ class Trainer:
         self.out = Path(out_dir)
         self.dist: DistInfo = init_distributed(resolve_device(cfg.device), cfg.dist_timeout)
         self.device = self.dist.device
+        check_kernels_can_run(cfg, self.device)
         if cfg.batch_size % self.dist.world:
             raise FastMMGANError(f"batch-size {cfg.batch_size} (global) must be divisible by the {self.dist.world} processes")
         torch.manual_seed(cfg.seed)
@@ -208,8 +225,8 @@ class Trainer:
             while self.step < cfg.steps:
                 batch = draw_step_inputs(self.train_ds, self.step, cfg, self.dist.rank, self.dist.world)
                 out = self.step_fn(batch.to(self.device))
-                if self.step == self._first_step and getattr(self.step_fn, "compile_seconds", None) is not None:
-                    log.event("compiled", step=self.step, seconds=round(self.step_fn.compile_seconds, 2))
+                if self.step == self._first_step:
+                    self._log_first_step(log)
                 self.step += 1
                 n_window += 1
                 bad = out.get("skipped", torch.zeros((), device=self.device)).detach()
@@ -244,6 +261,19 @@ class Trainer:
             bar.close()
             log.close()
         return last
+
+    def _log_first_step(self, log: RunLog) -> None:
+        """After the first step: how it ran (compile time, which ops ran where) and the kernels' self-checks."""
+        from . import selfcheck
+        from .ops import kernels_mode_now
+
+        compile_s = getattr(self.step_fn, "compile_seconds", None)
+        if compile_s is not None:
+            log.event("compiled", step=self.step, seconds=round(compile_s, 2), backend=self.cfg.compile_backend)
+        log.event("step", kind=type(self.step_fn).__name__, kernels=kernels_mode_now(), device=str(self.device),
+                  precision=self.cfg.precision, kernel_launches=dict(_kernel_launches()))
+        if selfcheck.records:
+            log.event("kernel_self_check", checks=selfcheck.records)
 
     def evaluate(self, n: int = 1000) -> dict[str, float]:
         """Quality metrics of the EMA generator (see :mod:`fastmmgan.metrics`); evaluators cached in the run."""
@@ -300,6 +330,12 @@ class RunLog:
         if self.enabled:
             self.file.close()
             self.writer.close()
+
+
+def _kernel_launches() -> dict[str, int]:
+    """Triton kernel launches so far in this process (empty when the kernels were never imported)."""
+    kernels = sys.modules.get("fastmmgan.kernels.fused_dense")
+    return dict(kernels.launches) if kernels is not None else {}
 
 
 def remove_stale_temp_files(out: Path) -> None:

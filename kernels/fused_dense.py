@@ -17,13 +17,14 @@ the input dtype. Reductions are deterministic: no atomics (see :func:`_split_row
 from __future__ import annotations
 
 import os
+from collections import Counter
 
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import custom_op
 
-from fastmmgan.ops import DEFAULT_SLOPE
+from fastmmgan.ops import DEFAULT_SLOPE, tf32_allowed
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # The interpreter multiplies bfloat16 bit patterns in tl.dot (triton-lang/triton#11584, "not
@@ -34,6 +35,10 @@ _GROUP_M = 8
 MAX_GROUPS = 4
 _SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
+launches: Counter[str] = Counter()
+"""Host-side launches per kernel since import ("projection_fwd", "dgrad", "wgrad"): lets a test prove that a
+compiled step really ran the kernels (an op replayed inside a CUDA graph does not count again)."""
+
 
 def _config(block_m: int, block_n: int, block_k: int, warps: int, stages: int) -> triton.Config:
     tiles = {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k}
@@ -41,27 +46,25 @@ def _config(block_m: int, block_n: int, block_k: int, warps: int, stages: int) -
 
 
 # (output rows, output cols, reduction). Small-batch tiles keep BLOCK_M at 16-32 so B = 1..64 does
-# not pay for empty rows; large-batch tiles are the usual 128-wide tensor-core shapes.
+# not pay for empty rows; large-batch tiles are Hopper-shaped: BLOCK_K 64 (a 128-byte bf16 row per
+# load, what wgmma and TMA-free pipelining like best) and 3-4 stages.
 _GEMM_CONFIGS = [
     _config(16, 64, 64, 4, 4),
-    _config(16, 128, 64, 4, 4),
     _config(32, 64, 64, 4, 4),
-    _config(32, 128, 32, 4, 4),
-    _config(64, 64, 64, 4, 3),
-    _config(64, 128, 32, 4, 4),
-    _config(128, 64, 32, 4, 4),
-    _config(128, 128, 32, 8, 3),
-    _config(128, 256, 32, 8, 3),
+    _config(32, 128, 64, 4, 4),
+    _config(64, 64, 64, 4, 4),
+    _config(64, 128, 64, 4, 3),
+    _config(128, 64, 64, 4, 4),
+    _config(128, 128, 64, 8, 3),
+    _config(128, 256, 64, 8, 3),
 ]
 # Weight gradients: tiles of [N, K], reduction over the batch.
 _WGRAD_CONFIGS = [
-    _config(32, 32, 32, 2, 4),
-    _config(32, 64, 32, 4, 4),
-    _config(64, 64, 32, 4, 4),
-    _config(64, 64, 64, 4, 3),
-    _config(64, 128, 32, 4, 4),
+    _config(32, 64, 64, 4, 4),
+    _config(64, 64, 64, 4, 4),
+    _config(64, 128, 64, 4, 3),
     _config(128, 64, 64, 4, 3),
-    _config(128, 128, 32, 8, 3),
+    _config(128, 128, 64, 8, 3),
 ]
 if _INTERPRET:
     # One config each, since autotuning in the interpreter is slow; still small enough that the
@@ -69,8 +72,11 @@ if _INTERPRET:
     _GEMM_CONFIGS = [_config(64, 32, 32, 4, 1)]
     _WGRAD_CONFIGS = [_config(32, 32, 64, 4, 1)]
 
-_FWD_KEY = ["B", "N", "K0", "K1", "K2", "K3", "NUM_GROUPS"]
-_GEMM_KEY = ["num_rows", "num_cols", "depth"]
+# Autotune keys hold every compile-time variant too: a config tuned without a mask (or without db) is
+# not the best one with it, and the tuned choice must not leak between variants.
+_FWD_KEY = ["B", "N", "K0", "K1", "K2", "K3", "NUM_GROUPS", "HAS_BIAS", "HAS_MASK", "ACC_IN", "FINAL", "PRECISION"]
+_DGRAD_KEY = ["num_rows", "num_cols", "depth", "HAS_MASK", "PRECISION"]
+_WGRAD_KEY = ["num_rows", "num_cols", "depth", "HAS_MASK", "COMPUTE_DB", "PRECISION"]
 
 
 @triton.jit
@@ -113,33 +119,42 @@ def _presence_weight(mask_ptr, rows, rows_ok, stride_mb, stride_mm, num_mod, col
 
 
 @triton.jit
-def _group_projection(
-    acc, x_ptr, w_ptr, K, sx_b, sx_k, sw_n, sw_k, rows_ld, cols_ld, weight,
-    PRECISION: tl.constexpr, BLOCK_K: tl.constexpr,
+def _accumulate_group(
+    acc, x_ptr, w_ptr, K, sx_b, sx_k, sw_n, sw_k, rows_ld, cols_ld, row_weight,
+    HAS_MASK: tl.constexpr, PRECISION: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """``acc + weight * (x[rows] @ w[cols].T)`` over the whole K range of one modality."""
+    """``acc + (row_weight * x[rows]) @ w[cols].T`` over the whole K range of one modality.
+
+    With a mask, each row of x is scaled by its presence weight [BLOCK_M, 1] as it is loaded, so every
+    modality adds into the one fp32 accumulator (a second per-modality tile would double the registers
+    the MMA needs and spill). Without a mask the weight is one scalar for all modalities and the caller
+    applies it once at the end.
+    """
     ks = tl.arange(0, BLOCK_K)
     x_ptrs = x_ptr + rows_ld[:, None] * sx_b + ks[None, :] * sx_k
     w_ptrs = w_ptr + cols_ld[None, :] * sw_n + ks[:, None] * sw_k
-    part = tl.zeros_like(acc)
     for k0 in range(0, K, BLOCK_K):
+        # Columns past K load as 0, so a partial last K tile adds nothing.
         k_ok = ks < K - k0
         a = tl.load(x_ptrs, mask=k_ok[None, :], other=0.0)
+        if HAS_MASK:
+            a = (a.to(tl.float32) * row_weight).to(x_ptr.dtype.element_ty)
         b = tl.load(w_ptrs, mask=k_ok[:, None], other=0.0)
-        part = _mma(a, b, part, PRECISION)
+        acc = _mma(a, b, acc, PRECISION)
+        # Advance both operands to the next K tile.
         x_ptrs += BLOCK_K * sx_k
         w_ptrs += BLOCK_K * sw_k
-    return acc + part * weight
+    return acc
 
 
 @triton.jit
-def _group_weight(mask_ptr, rows, rows_ok, stride_mb, stride_mm, num_mod, col, scale,
-                  HAS_MASK: tl.constexpr, BLOCK_MOD: tl.constexpr):
-    """Per-row presence weight [rows, 1] with a mask, else the scalar ``scale``."""
+def _row_weight(mask_ptr, rows, rows_ok, stride_mb, stride_mm, num_mod, col,
+                HAS_MASK: tl.constexpr, BLOCK_MOD: tl.constexpr):
+    """Per-row presence weight [rows, 1] of modality ``col`` with a mask; a placeholder 1.0 without."""
     if HAS_MASK:
         weight = _presence_weight(mask_ptr, rows, rows_ok, stride_mb, stride_mm, num_mod, col, BLOCK_MOD)[:, None]
     else:
-        weight = scale
+        weight = 1.0
     return weight
 
 
@@ -174,29 +189,32 @@ def _projection_fwd_kernel(
     slope = tl.cast(slope, tl.float32)
     scale = tl.cast(scale, tl.float32)
 
+    # One fp32 accumulator for every modality group of this launch.
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    if ACC_IN:
-        acc += tl.load(partial_in_ptr + out_offs, mask=out_ok, other=0.0)
-    wt = _group_weight(mask_ptr, rows, rows_ok, stride_mb, stride_mm, num_mod, first_mod, scale, HAS_MASK, BLOCK_MOD)
-    acc = _group_projection(acc, x0_ptr, w0_ptr, K0, sx0_b, sx0_k, sw0_n, sw0_k, rows_ld, cols_ld, wt,
-                            PRECISION, BLOCK_K)
+    wt = _row_weight(mask_ptr, rows, rows_ok, stride_mb, stride_mm, num_mod, first_mod, HAS_MASK, BLOCK_MOD)
+    acc = _accumulate_group(acc, x0_ptr, w0_ptr, K0, sx0_b, sx0_k, sw0_n, sw0_k, rows_ld, cols_ld, wt,
+                            HAS_MASK, PRECISION, BLOCK_K)
     if NUM_GROUPS > 1:
-        wt = _group_weight(mask_ptr, rows, rows_ok, stride_mb, stride_mm, num_mod, first_mod + 1, scale,
-                           HAS_MASK, BLOCK_MOD)
-        acc = _group_projection(acc, x1_ptr, w1_ptr, K1, sx1_b, sx1_k, sw1_n, sw1_k, rows_ld, cols_ld, wt,
-                                PRECISION, BLOCK_K)
+        wt = _row_weight(mask_ptr, rows, rows_ok, stride_mb, stride_mm, num_mod, first_mod + 1, HAS_MASK, BLOCK_MOD)
+        acc = _accumulate_group(acc, x1_ptr, w1_ptr, K1, sx1_b, sx1_k, sw1_n, sw1_k, rows_ld, cols_ld, wt,
+                                HAS_MASK, PRECISION, BLOCK_K)
     if NUM_GROUPS > 2:
-        wt = _group_weight(mask_ptr, rows, rows_ok, stride_mb, stride_mm, num_mod, first_mod + 2, scale,
-                           HAS_MASK, BLOCK_MOD)
-        acc = _group_projection(acc, x2_ptr, w2_ptr, K2, sx2_b, sx2_k, sw2_n, sw2_k, rows_ld, cols_ld, wt,
-                                PRECISION, BLOCK_K)
+        wt = _row_weight(mask_ptr, rows, rows_ok, stride_mb, stride_mm, num_mod, first_mod + 2, HAS_MASK, BLOCK_MOD)
+        acc = _accumulate_group(acc, x2_ptr, w2_ptr, K2, sx2_b, sx2_k, sw2_n, sw2_k, rows_ld, cols_ld, wt,
+                                HAS_MASK, PRECISION, BLOCK_K)
     if NUM_GROUPS > 3:
-        wt = _group_weight(mask_ptr, rows, rows_ok, stride_mb, stride_mm, num_mod, first_mod + 3, scale,
-                           HAS_MASK, BLOCK_MOD)
-        acc = _group_projection(acc, x3_ptr, w3_ptr, K3, sx3_b, sx3_k, sw3_n, sw3_k, rows_ld, cols_ld, wt,
-                                PRECISION, BLOCK_K)
+        wt = _row_weight(mask_ptr, rows, rows_ok, stride_mb, stride_mm, num_mod, first_mod + 3, HAS_MASK, BLOCK_MOD)
+        acc = _accumulate_group(acc, x3_ptr, w3_ptr, K3, sx3_b, sx3_k, sw3_n, sw3_k, rows_ld, cols_ld, wt,
+                                HAS_MASK, PRECISION, BLOCK_K)
+    if not HAS_MASK:
+        # Without a mask every modality weighs 1/M: one multiply for the whole tile.
+        acc = acc * scale
+    if ACC_IN:
+        # Earlier launches' modalities, already weighted, from the fp32 partial buffer.
+        acc += tl.load(partial_in_ptr + out_offs, mask=out_ok, other=0.0)
 
     if FINAL:
+        # Epilogue on the fp32 tile: bias, leaky-ReLU, one cast to the output dtype.
         if HAS_BIAS:
             acc += tl.load(bias_ptr + cols, mask=cols_ok, other=0.0).to(tl.float32)[None, :]
         out = tl.where(acc > 0, acc, acc * slope)
@@ -205,7 +223,7 @@ def _projection_fwd_kernel(
         tl.store(partial_out_ptr + out_offs, acc, mask=out_ok)
 
 
-@triton.autotune(configs=_GEMM_CONFIGS, key=_GEMM_KEY)
+@triton.autotune(configs=_GEMM_CONFIGS, key=_DGRAD_KEY)
 @triton.jit
 def _dgrad_kernel(
     dx_ptr, dy_ptr, y_ptr, w_ptr, mask_ptr,
@@ -235,16 +253,21 @@ def _dgrad_kernel(
         dy = tl.load(dy_ptrs, mask=n_ok[None, :], other=0.0)
         y = tl.load(y_ptrs, mask=n_ok[None, :], other=0.0)
         w = tl.load(w_ptrs, mask=n_ok[:, None], other=0.0)
+        # g = dy * lrelu'(y) is formed in registers: the pre-activation gradient is never stored.
         acc = _mma(_act_grad(dy, y, slope).to(w.dtype), w, acc, PRECISION)
         dy_ptrs += BLOCK_K * s_dyn
         y_ptrs += BLOCK_K * s_yn
         w_ptrs += BLOCK_K * s_wn
-    acc = acc * _group_weight(mask_ptr, rows, rows_ok, stride_mb, stride_mm, num_mod, col, scale, HAS_MASK, BLOCK_MOD)
+    # dx_m = w_m * (g @ W_m): the presence weight of row b is one factor of the whole row.
+    if HAS_MASK:
+        acc = acc * _row_weight(mask_ptr, rows, rows_ok, stride_mb, stride_mm, num_mod, col, HAS_MASK, BLOCK_MOD)
+    else:
+        acc = acc * scale
     tl.store(dx_ptr + rows[:, None] * num_cols + cols[None, :], acc.to(dx_ptr.dtype.element_ty),
              mask=rows_ok[:, None] & cols_ok[None, :])
 
 
-@triton.autotune(configs=_WGRAD_CONFIGS, key=_GEMM_KEY)
+@triton.autotune(configs=_WGRAD_CONFIGS, key=_WGRAD_KEY)
 @triton.jit
 def _wgrad_kernel(
     dw_ptr, db_ptr, dy_ptr, y_ptr, x_ptr, mask_ptr,
@@ -283,7 +306,9 @@ def _wgrad_kernel(
         x = tl.load(x_ptr + b[:, None] * s_xb + k_ld[None, :] * s_xk, mask=b_ok[:, None], other=0.0)
         g = _act_grad(dy, y, slope)
         if COMPUTE_DB:
-            db += tl.sum(g, axis=1)
+            # Only the first K tile's programs own db; the others skip the row sums.
+            if pid_k == 0:
+                db += tl.sum(g, axis=1)
         if HAS_MASK:
             g = g * _presence_weight(mask_ptr, b, b_ok, stride_mb, stride_mm, num_mod, col, BLOCK_MOD)[None, :]
         acc = _mma(g.to(x.dtype), x, acc, PRECISION)
@@ -298,7 +323,7 @@ def _wgrad_kernel(
 
 def _precision(dtype: torch.dtype) -> str:
     """tl.dot input precision: tf32 for fp32 only when torch allows it for CUDA matmuls."""
-    return "tf32" if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 else "ieee"
+    return "tf32" if dtype == torch.float32 and tf32_allowed() else "ieee"
 
 
 def _block_mod(num_mod: int) -> int:
@@ -337,7 +362,8 @@ def projection_forward(
             k = xs[m].shape[1] if slot < len(chunk) else 0
             groups += [xs[m], weights[m], k, *xs[m].stride(), *weights[m].stride()]
         partial_in, partial_out = (partials[(launch + 1) % 2], partials[launch % 2]) if chained else (x0, x0)
-        wrap_triton(_projection_fwd_kernel)[grid](
+        launches["projection_fwd"] += 1
+        _projection_fwd_kernel[grid](
             y, partial_in, partial_out, x0 if bias is None else bias, mask_t, *groups,
             b, n, num_mod, first, slope, 1.0 / num_mod, stride_mb, stride_mm,
             NUM_GROUPS=len(chunk), HAS_BIAS=bias is not None, HAS_MASK=mask is not None,
@@ -362,7 +388,8 @@ def input_grad(
     def grid(meta):
         return (triton.cdiv(b, meta["BLOCK_M"]) * triton.cdiv(k, meta["BLOCK_N"]),)
 
-    wrap_triton(_dgrad_kernel)[grid](
+    launches["dgrad"] += 1
+    _dgrad_kernel[grid](
         dx, dy, y, weight, mask_t,
         b, k, n, col, num_mod, slope, 1.0 / num_mod,
         *dy.stride(), *y.stride(), *weight.stride(), stride_mb, stride_mm,
@@ -412,7 +439,8 @@ def weight_grad(
     def grid(meta):
         return (triton.cdiv(n, meta["BLOCK_M"]) * triton.cdiv(k, meta["BLOCK_N"]), splits)
 
-    wrap_triton(_wgrad_kernel)[grid](
+    launches["wgrad"] += 1
+    _wgrad_kernel[grid](
         dw, db if compute_db else dy, dy, y, x, mask_t,
         n, k, b, rows_per_split, col, num_mod, slope, 1.0 / num_mod,
         *dy.stride(), *y.stride(), *x.stride(), stride_mb, stride_mm, n * k, n,
@@ -493,13 +521,26 @@ def backward_of_backward(
     return grad_g * act, grad_xs, grad_ws
 
 
-@triton_op("fastmmgan::fused_dense", mutates_args=())
+# The ops are opaque custom ops with shape-only fake implementations, not ``triton_op``s: torch.compile
+# then keeps each op as one call in the graph and runs the launch code above when the graph runs. That is
+# the same code on a GPU (inductor) and on CPU under TRITON_INTERPRET=1 (aot_eager), where a
+# ``triton_op`` cannot be traced at all (its fake implementation would run the interpreted kernel on
+# fake tensors). Autograd is registered with ``setup_context``, which AOTAutograd traces; double
+# backward (gradient penalties) goes through the backward op's own autograd.
+
+
+@custom_op("fastmmgan::fused_dense", mutates_args=())
 def _fused_dense_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, slope: float) -> torch.Tensor:
     check_operands([x], [weight], bias, None)
     return projection_forward([x], [weight], bias, None, slope)
 
 
-@triton_op("fastmmgan::fused_dense_backward", mutates_args=())
+@_fused_dense_op.register_fake
+def _fused_dense_fake(x, weight, bias, slope):
+    return x.new_empty((x.shape[0], weight.shape[0]))
+
+
+@custom_op("fastmmgan::fused_dense_backward", mutates_args=())
 def _fused_dense_backward_op(
     dy: torch.Tensor, y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, slope: float,
     need_dx: bool, need_dw: bool, need_db: bool,
@@ -510,6 +551,15 @@ def _fused_dense_backward_op(
     else:
         dw, db = weight.new_empty(0), weight.new_empty(0)
     return dx, dw, db
+
+
+@_fused_dense_backward_op.register_fake
+def _fused_dense_backward_fake(dy, y, x, weight, slope, need_dx, need_dw, need_db):
+    n, k = weight.shape
+    dx = weight.new_empty(x.shape) if need_dx else x.new_empty(0)
+    if not (need_dw or need_db):
+        return dx, weight.new_empty(0), weight.new_empty(0)
+    return dx, x.new_empty((n, k)), x.new_empty((n if need_db else 0,))
 
 
 def _fused_dense_setup(ctx, inputs, output):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch.library import triton_op
+from torch.library import custom_op
 
 from fastmmgan.ops import DEFAULT_SLOPE, presence_weights
 
@@ -25,8 +25,10 @@ from .fused_dense import (
     weight_grad,
 )
 
+# Opaque custom ops with shape-only fakes, as fastmmgan::fused_dense (see there why not triton_op).
 
-@triton_op("fastmmgan::shared_projection", mutates_args=())
+
+@custom_op("fastmmgan::shared_projection", mutates_args=())
 def _shared_projection_op(
     xs: list[torch.Tensor], weights: list[torch.Tensor], bias: torch.Tensor, mask: torch.Tensor | None, slope: float
 ) -> torch.Tensor:
@@ -34,7 +36,12 @@ def _shared_projection_op(
     return projection_forward(xs, weights, bias, mask, slope)
 
 
-@triton_op("fastmmgan::shared_projection_backward", mutates_args=())
+@_shared_projection_op.register_fake
+def _shared_projection_fake(xs, weights, bias, mask, slope):
+    return xs[0].new_empty((xs[0].shape[0], weights[0].shape[0]))
+
+
+@custom_op("fastmmgan::shared_projection_backward", mutates_args=())
 def _shared_projection_backward_op(
     dy: torch.Tensor, y: torch.Tensor, xs: list[torch.Tensor], weights: list[torch.Tensor],
     mask: torch.Tensor | None, slope: float, need_dxs: list[bool], need_params: bool,
@@ -48,6 +55,14 @@ def _shared_projection_backward_op(
         return dxs, [w.new_empty(0) for w in weights], y.new_empty(0)
     grads = [weight_grad(dy, y, x, mask, m, num_mod, slope, compute_db=m == 0) for m, x in enumerate(xs)]
     return dxs, [dw for dw, _ in grads], grads[0][1]
+
+
+@_shared_projection_backward_op.register_fake
+def _shared_projection_backward_fake(dy, y, xs, weights, mask, slope, need_dxs, need_params):
+    dxs = [w.new_empty(x.shape) if need else x.new_empty(0) for x, w, need in zip(xs, weights, need_dxs, strict=True)]
+    if not need_params:
+        return dxs, [w.new_empty(0) for w in weights], y.new_empty(0)
+    return dxs, [x.new_empty(w.shape) for x, w in zip(xs, weights, strict=True)], xs[0].new_empty((weights[0].shape[0],))
 
 
 def _shared_projection_setup(ctx, inputs, output):
