@@ -2,8 +2,10 @@
 
 For each config: ms per step of both steps, their ratio (median of per-round ratios, the two steps
 interleaved round by round on the same inputs, so a busy machine slows both alike), samples/s, useful
-GFLOP/s and its share of this machine's fp32 GEMM peak, measured in the same run with a 2048^3 matmul.
-Before timing, the compiled step is checked against the reference for a few steps from the same init.
+GFLOP/s and its share of this machine's GEMM peak in the step's compute dtype (fp32 on CPU, bf16 under
+the CUDA step's autocast), measured in the same run with a square matmul.
+Before timing, the compiled step is checked against the reference for a few steps from the same init,
+both under the same autocast and dispatch, at that dtype's tolerance of the numerics policy.
 
 Configs (see :data:`CONFIGS`):
 
@@ -31,7 +33,7 @@ from .config import TrainConfig
 from .data import MultimodalDataset, digits_specs, load_dataset
 from .modalities import ModalitySpec
 from .models import Discriminator, Generator, calibrate_fusions_
-from .step import CompiledStep, Recipe, ReferenceStep, StepInputs
+from .step import CompiledStep, Recipe, ReferenceStep, StepInputs, autocast_dtype
 from .trainer import draw_step_inputs
 
 Step = Callable[[StepInputs], dict[str, torch.Tensor]]
@@ -55,11 +57,13 @@ class Models:
 
 def make_steps(ref: Models, fast: Models, cfg: TrainConfig, **options) -> tuple[ReferenceStep, CompiledStep]:
     """The reference step on ``ref``'s models and the compiled step (``options`` for
-    :class:`~fastmmgan.step.CompiledStep`, e.g. backend) on ``fast``'s, both with ``cfg``'s objectives."""
+    :class:`~fastmmgan.step.CompiledStep`, e.g. backend) on ``fast``'s, both with ``cfg``'s objectives
+    and both under the autocast of ``cfg.precision`` on the models' device."""
     recipe = Recipe.from_config(cfg)
+    amp_dtype = autocast_dtype(cfg.precision, next(fast.G.parameters()).device)
     return (
-        ReferenceStep(ref.G, ref.D, ref.ema, ref.opt_g, ref.opt_d, recipe),
-        CompiledStep(fast.G, fast.D, fast.ema, fast.opt_g, fast.opt_d, recipe, **options),
+        ReferenceStep(ref.G, ref.D, ref.ema, ref.opt_g, ref.opt_d, recipe, amp_dtype=amp_dtype),
+        CompiledStep(fast.G, fast.D, fast.ema, fast.opt_g, fast.opt_d, recipe, amp_dtype=amp_dtype, **options),
     )
 
 
@@ -149,10 +153,12 @@ def gemm_flops(G: Generator, D: Discriminator, batch: int) -> float:
     return 2.0 * (d_update + g_update)
 
 
-def gemm_peak(n: int = 2048, repeats: int = 5, device: torch.device | str = "cpu") -> float:
-    """fp32 GEMM GFLOP/s of an n^3 matmul on ``device``: the best of ``repeats`` (the machine's ceiling)."""
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
+def gemm_peak(
+    n: int = 2048, repeats: int = 5, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> float:
+    """GEMM GFLOP/s of an n^3 matmul in ``dtype`` on ``device``: the best of ``repeats`` (the machine's ceiling)."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
     best = float("inf")
     for _ in range(repeats + 1):
         _sync(device)
@@ -170,10 +176,13 @@ def _sync(device: torch.device | str) -> None:
 
 ADAM_SLACK = 0.1
 UPDATE_RTOL = 1e-3
+POLICY_TOL = {"fp32": 1e-5, "bf16": 2e-2}
+"""The numerics policy's rtol (and atol, scaled by magnitude) for fp32 and for 16-bit compute."""
 
 
 def assert_steps_match(
-    ref: Step, fast: Step, ref_models: Models, fast_models: Models, inputs: Sequence[StepInputs]
+    ref: Step, fast: Step, ref_models: Models, fast_models: Models, inputs: Sequence[StepInputs],
+    policy: str = "fp32",
 ) -> None:
     """Run both steps on ``inputs`` (both models starting identical) and assert that they agree.
 
@@ -186,12 +195,17 @@ def assert_steps_match(
     error (a 1% error in lr, a bias correction, a beta) that the element-wise slack would let through.
     Measured over 4-8 steps of the test, seed-mnist, digits and wide configs: worst element 7.3e-3 of
     lr per step, worst update-norm error 1.4e-5 (margins of 14x and 70x).
+
+    ``policy="bf16"`` (both steps under bf16 autocast) takes the 16-bit tolerance, 2e-2, for every check
+    in place of 1e-5 and of ``UPDATE_RTOL``.
     """
+    tol = POLICY_TOL[policy]
+    update_rtol = max(UPDATE_RTOL, tol)
     start = {(id(m), name): snapshot(m, name) for m in (ref_models, fast_models) for name in ("G", "D", "ema")}
     for batch in inputs:
         want, got = ref(batch), fast(batch)
         for key in ("loss_d", "loss_g", "skipped"):
-            assert_close_fp32(got[key], want[key], key)
+            assert_close_fp32(got[key], want[key], key, tol=tol)
     for name, opt_name in (("G", "opt_g"), ("D", "opt_d"), ("ema", "opt_g")):
         opt = getattr(ref_models, opt_name)
         steps = max((float(s["step"]) for s in opt.state.values()), default=0.0)
@@ -199,26 +213,28 @@ def assert_steps_match(
         a, b = getattr(fast_models, name), getattr(ref_models, name)
         a0, b0 = start[(id(fast_models), name)], start[(id(ref_models), name)]
         for (pname, x), y, x0, y0 in zip(a.named_parameters(), b.parameters(), a0, b0, strict=True):
-            assert_close_fp32(x, y, f"{name}.{pname}", slack)
+            assert_close_fp32(x, y, f"{name}.{pname}", slack, tol=tol)
             error, size = ((x - x0) - (y - y0)).norm().item(), (y - y0).norm().item()
-            assert error <= UPDATE_RTOL * size, f"{name}.{pname}: update differs by {error:.3g} (norm {size:.3g})"
+            assert error <= update_rtol * size, f"{name}.{pname}: update differs by {error:.3g} (norm {size:.3g})"
     for name in ("opt_g", "opt_d"):
         a, b = getattr(fast_models, name).state_dict()["state"], getattr(ref_models, name).state_dict()["state"]
         for i in b:
             for key in ("step", "exp_avg", "exp_avg_sq"):
-                assert_close_fp32(a[i][key], b[i][key], f"{name}[{i}].{key}")
+                assert_close_fp32(a[i][key], b[i][key], f"{name}[{i}].{key}", tol=tol)
 
 
 def snapshot(models: Models, name: str) -> list[torch.Tensor]:
     return [p.detach().clone() for p in getattr(models, name).parameters()]
 
 
-def assert_close_fp32(actual: torch.Tensor, expected: torch.Tensor, what: str, slack: float = 0.0) -> None:
-    """rtol 1e-5 and atol 1e-5 times the reference's largest magnitude (the fp32 policy of the design
-    notes, scaled per tensor so small tensors such as Adam's second moments keep their own scale),
-    plus ``slack``."""
-    atol = 1e-5 * expected.detach().abs().max().item() + slack
-    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=atol, msg=lambda m: f"{what}: {m}")
+def assert_close_fp32(
+    actual: torch.Tensor, expected: torch.Tensor, what: str, slack: float = 0.0, tol: float = 1e-5
+) -> None:
+    """rtol ``tol`` and atol ``tol`` times the reference's largest magnitude (the fp32 policy of the design
+    notes at the default 1e-5, scaled per tensor so small tensors such as Adam's second moments keep their
+    own scale), plus ``slack``."""
+    atol = tol * expected.detach().abs().max().item() + slack
+    torch.testing.assert_close(actual, expected, rtol=tol, atol=atol, msg=lambda m: f"{what}: {m}")
 
 
 @dataclass
@@ -261,16 +277,18 @@ def bench_config(
     twin = models.copy(cfg)
     ref, fast = make_steps(models, twin, cfg, device=device)
     inputs = [draw_step_inputs(ds, i, cfg).to(device) for i in range(8)]
-    assert_steps_match(ref, fast, models, twin, inputs[:check_steps])
+    policy = "fp32" if fast.amp_dtype is None else "bf16"
+    assert_steps_match(ref, fast, models, twin, inputs[:check_steps], policy=policy)
     per_round = max(2, min(20, int(2000 / batch)))
     ref_ms, fast_ms, ratio = time_steps(ref, fast, inputs, rounds, per_round, device)
     gflops = gemm_flops(models.G, models.D, batch) / fast_ms / 1e6
     return Row(bc.name, batch, ref_ms, fast_ms, ratio, batch / fast_ms * 1e3, gflops, gflops / peak, fast.compile_seconds)
 
 
-def format_table(rows: Sequence[Row], peak: float, device: str) -> str:
+def format_table(rows: Sequence[Row], peak: float, device: str, dtype: torch.dtype = torch.float32, n: int = 2048) -> str:
+    name = str(dtype).removeprefix("torch.")
     head = (
-        f"device: {device}; fp32 GEMM peak (2048^3 matmul, best of the run): {peak:.0f} GFLOP/s\n"
+        f"device: {device}; {name} GEMM peak ({n}^3 matmul, best of the run): {peak:.0f} GFLOP/s\n"
         "| config | batch | reference ms | compiled ms | speed-up | samples/s | useful GFLOP/s | of peak | compile s |\n"
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
     )
@@ -303,17 +321,21 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     cuda = device.type == "cuda"
-    peak = gemm_peak(device=device)
+    # The peak in the dtype the step's GEMMs run in (bf16 under the CUDA step's autocast), large enough
+    # to saturate the device.
+    dtype = autocast_dtype(TrainConfig.precision, device) or torch.float32
+    n = 8192 if cuda else 2048
+    peak = gemm_peak(n=n, device=device, dtype=dtype)
     rows = []
     for name in args.configs:
         for batch in args.batch or default_batches(name, cuda):
             torch._dynamo.reset()
             rows.append(bench_config(CONFIGS[name], batch, peak, device, rounds=args.rounds))
-            peak = max(peak, gemm_peak(device=device))
+            peak = max(peak, gemm_peak(n=n, device=device, dtype=dtype))
             print(f"{name} batch {batch}: {rows[-1].ratio:.2f}x", flush=True)
     for row in rows:
         row.peak_share = row.gflops / peak
-    print(format_table(rows, peak, device_name(device)))
+    print(format_table(rows, peak, device_name(device), dtype, n))
     if "wide" in args.configs and not cuda and not args.batch:
         print("wide runs at batch 1024 on a CPU; its batch 4096 is for GPUs (--batch 4096 to force it)")
     return 0

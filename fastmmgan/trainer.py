@@ -224,7 +224,7 @@ class Trainer:
         try:
             while self.step < cfg.steps:
                 batch = draw_step_inputs(self.train_ds, self.step, cfg, self.dist.rank, self.dist.world)
-                out = self.step_fn(batch.to(self.device))
+                out = self._first_step_call(batch) if self.step == self._first_step else self.step_fn(batch.to(self.device))
                 if self.step == self._first_step:
                     self._log_first_step(log)
                 self.step += 1
@@ -261,6 +261,22 @@ class Trainer:
             bar.close()
             log.close()
         return last
+
+    def _first_step_call(self, batch: StepInputs) -> dict[str, torch.Tensor]:
+        """The first step, where a kernel that cannot run fails: Triton kernels forced onto CPU tensors
+        without the interpreter become one clear error instead of a traceback from deep in the compiler."""
+        from .ops import kernels_mode_now
+
+        try:
+            return self.step_fn(batch.to(self.device))
+        except Exception as e:
+            if kernels_mode_now() != "triton" or self.device.type != "cpu":
+                raise
+            first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            raise FastMMGANError(
+                f"the Triton kernels failed on the first training step on cpu ({type(e).__name__}: {first}); "
+                "FASTMMGAN_KERNELS=triton on CPU tensors needs TRITON_INTERPRET=1 (Triton's interpreter)"
+            ) from None
 
     def _log_first_step(self, log: RunLog) -> None:
         """After the first step: how it ran (compile time, which ops ran where) and the kernels' self-checks."""

@@ -1,12 +1,41 @@
-"""Without an NVIDIA GPU, run Triton kernels in its CPU interpreter; the switch must precede any triton import."""
+"""Shared fixtures, the device the kernel tests run on, and CI's rule on skips.
+
+Without an NVIDIA GPU the Triton kernels run in Triton's CPU interpreter; the switch must precede any
+triton import, so it is made here, before the test modules import anything. On a GPU host the
+interpreter stays off and the kernel tests run on CUDA tensors (:data:`KERNEL_DEVICE`).
+"""
 
 import os
 
-if not os.path.exists("/dev/nvidia0"):
+GPU_HOST = os.path.exists("/dev/nvidia0") or os.path.exists("/dev/nvidiactl")
+if not GPU_HOST:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+CUDA = torch.cuda.is_available()
+KERNEL_DEVICE = torch.device("cuda" if CUDA else "cpu")
+"""Where the Triton kernels are tested: CUDA on a GPU host, CPU tensors in the interpreter elsewhere."""
+
+NEEDS_CUDA = "needs a CUDA GPU"
+"""The reason every GPU-only test skips with; on CI (no GPU) these are the only skips allowed."""
+
+requires_cuda = pytest.mark.skipif(not CUDA, reason=f"{NEEDS_CUDA} (none found: run on a GPU host)")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """On CI (``CI`` set), a skip for any reason but a missing GPU fails the test: a missing dependency
+    or a silently skipped check must not pass as green."""
+    outcome = yield
+    report = outcome.get_result()
+    if not (os.environ.get("CI") and report.skipped) or hasattr(report, "wasxfail"):
+        return
+    reason = str(report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr)
+    if NEEDS_CUDA not in reason:
+        report.outcome = "failed"
+        report.longrepr = f"unexpected skip on CI (only '{NEEDS_CUDA}' skips are allowed): {reason}"
 
 
 @pytest.fixture(scope="module")

@@ -1,25 +1,32 @@
 """The Triton kernels against the reference ops: forward and every gradient, on odd shapes.
 
-Without a GPU they run in Triton's CPU interpreter (tests/conftest.py sets TRITON_INTERPRET=1),
-which is slow: shapes are small but span several tiles, K iterations and partial tiles.
+On a GPU host they run on CUDA tensors; without one, in Triton's CPU interpreter (tests/conftest.py
+sets TRITON_INTERPRET=1), which is slow: shapes are small but span several tiles, K iterations, partial
+tiles and more than one group of row tiles. Tests marked ``requires_cuda`` need what the interpreter
+cannot show (tensor-core bf16 dots, large batches, CUDA graphs) and skip without a GPU.
 """
 
 from __future__ import annotations
 
 import itertools
-import os
-import subprocess
-import sys
-import textwrap
+import math
 
 import pytest
 import torch
+from conftest import CUDA, KERNEL_DEVICE, requires_cuda
 
 pytest.importorskip("triton")
 
 from fastmmgan.kernels import fused_dense_triton, shared_projection_triton  # noqa: E402
-from fastmmgan.kernels.fused_dense import _precision, _split_rows  # noqa: E402
-from fastmmgan.ops import fused_dense_reference, shared_projection_reference  # noqa: E402
+from fastmmgan.kernels.fused_dense import _GROUP_M, _precision, _split_rows, launches  # noqa: E402
+from fastmmgan.ops import fused_dense_reference, shared_projection_reference, tf32_allowed  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def on_kernel_device():
+    """Every tensor a test makes lives on the kernels' device (CUDA on a GPU host), TF32 off."""
+    with torch.device(KERNEL_DEVICE), fp32_precision("ieee"):
+        yield
 
 K_IN, N_OUT = 37, 45
 K_MODS = (37, 20, 45, 9, 16, 33, 5, 64, 17)
@@ -109,13 +116,42 @@ def test_weight_grad_of_long_batch_takes_the_two_stage_reduction() -> None:
     assert _split_rows(64, N_OUT, K_IN)[0] == 1
 
 
-def test_tf32_follows_torch_matmul_flag(monkeypatch) -> None:
-    """tl.dot takes tf32 for fp32 operands exactly when torch allows it for CUDA matmuls."""
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    assert _precision(torch.float32) == "ieee"
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
-    assert _precision(torch.float32) == "tf32"
-    assert _precision(torch.bfloat16) == _precision(torch.float16) == "ieee"
+class fp32_precision:  # noqa: N801 - used like torch's own context managers
+    """Set torch's fp32 matmul precision for CUDA ("tf32" / "ieee" / "none") within the block and restore it
+    through the same API, so no test leaves a setting behind (or mixes the legacy and the new API)."""
+
+    def __init__(self, value: str, global_value: str | None = None) -> None:
+        self.value, self.global_value = value, global_value
+
+    def __enter__(self) -> None:
+        matmul = torch.backends.cuda.matmul
+        self.saved = (matmul.fp32_precision, torch.backends.fp32_precision)
+        if self.global_value is not None:
+            torch.backends.fp32_precision = self.global_value
+        matmul.fp32_precision = self.value
+
+    def __exit__(self, *exc) -> None:
+        torch.backends.fp32_precision = self.saved[1]
+        torch.backends.cuda.matmul.fp32_precision = self.saved[0]
+
+
+def test_tf32_follows_torch_matmul_precision() -> None:
+    """tl.dot takes tf32 for fp32 operands exactly when torch allows it for CUDA matmuls, through either API;
+    reading it never raises (torch raises when the legacy flag is read after the new API was set)."""
+    with fp32_precision("ieee"):
+        assert not tf32_allowed() and _precision(torch.float32) == "ieee"
+    with fp32_precision("tf32"):
+        assert tf32_allowed() and _precision(torch.float32) == "tf32"
+        assert _precision(torch.bfloat16) == _precision(torch.float16) == "ieee"
+    with fp32_precision("none", global_value="tf32"):
+        assert _precision(torch.float32) == "tf32"
+    with fp32_precision("none", global_value="ieee"):
+        assert _precision(torch.float32) == "ieee"
+    with fp32_precision("ieee"):
+        torch.backends.cuda.matmul.allow_tf32 = True  # the legacy API sets the new one
+        assert _precision(torch.float32) == "tf32"
+        torch.backends.cuda.matmul.allow_tf32 = False
+        assert _precision(torch.float32) == "ieee"
 
 
 def test_fused_dense_rejects_bad_arguments() -> None:
@@ -196,74 +232,57 @@ def test_shared_projection_absent_rows_give_lrelu_bias() -> None:
     assert not torch.allclose(y[1], expected)
 
 
-_TRACE_SCRIPT = textwrap.dedent(
-    """
-    import collections
-    import os
-
-    import torch
+def test_ops_have_fake_shapes_and_stay_whole_in_compiled_graphs() -> None:
+    """What torch.compile relies on: the ops' fake implementations give the real shapes and dtypes without
+    running a kernel, and AOTAutograd's joint forward+backward graph of the public ops (dispatch included)
+    holds each op as one call: 2 forward ops and their 2 backward ops, which launch the kernels when the
+    graph runs (on CUDA under inductor, on CPU in the interpreter under aot_eager)."""
+    from functorch.compile import make_boxed_func
     from torch._dynamo.backends.common import aot_autograd
-    from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from fastmmgan import ops
-    from fastmmgan.kernels import fused_dense_triton, shared_projection_triton
 
+    before = launches.copy()
     with FakeTensorMode():
         y = fused_dense_triton(torch.empty(5, 7, dtype=torch.bfloat16), torch.empty(3, 7, dtype=torch.bfloat16), None)
-        xs = [torch.empty(5, 7), torch.empty(5, 4)]
-        ws = [torch.empty(3, 7), torch.empty(3, 4)]
+        xs, ws = [torch.empty(5, 7), torch.empty(5, 4)], [torch.empty(3, 7), torch.empty(3, 4)]
         z = shared_projection_triton(xs, ws, torch.empty(3), torch.ones(5, 2, dtype=torch.bool))
-    print("fake", tuple(y.shape), y.dtype, tuple(z.shape), z.dtype)
-
-    class Traced(Exception):
-        pass
+        dy = torch.empty(5, 3)
+        dx, dw, db = torch.ops.fastmmgan.fused_dense_backward(dy, dy, xs[0], ws[0], 0.2, True, False, True)
+    assert (tuple(y.shape), y.dtype, tuple(z.shape), z.dtype) == ((5, 3), torch.bfloat16, (5, 3), torch.float32)
+    assert (tuple(dx.shape), tuple(dw.shape), tuple(db.shape)) == ((5, 7), (3, 7), (3,))
+    assert launches == before
 
     joint = []
 
     def keep_joint_graph(graph, *args, **kwargs):
         joint.append(graph)
-        raise Traced
+        from torch._functorch.partitioners import default_partition
+
+        return default_partition(graph, *args, **kwargs)
 
     def step(x, w, b, x2, w2, w3, mask):
         y = ops.fused_dense(x, w, b, 0.2)
         return ops.shared_projection([y, x2], [w2, w3], b, mask, 0.2).square().sum()
 
-    os.environ["FASTMMGAN_KERNELS"] = "triton"
-    backend = aot_autograd(fw_compiler=None, bw_compiler=None, partition_fn=keep_joint_graph)
     shapes = [(5, 7), (3, 7), (3,), (5, 4), (3, 3), (3, 4)]
     args = [torch.randn(shape, requires_grad=True) for shape in shapes]
-    try:
-        torch.compile(step, fullgraph=True, backend=backend)(*args, torch.ones(5, 2))
-    except Exception as error:
-        assert isinstance(getattr(error, "inner_exception", None), Traced), error
-    names = collections.Counter()
-    for node in joint[0].graph.nodes:
-        if "triton_kernel_wrapper_functional" in str(node.target):
-            kernel = kernel_side_table.get_kernel(node.kwargs["kernel_idx"])
-            while hasattr(kernel, "fn"):
-                kernel = kernel.fn
-            names[kernel.__name__] += 1
-    print("kernels", sorted(names.items()))
-    """
-)
+    def boxed(gm, _):
+        return make_boxed_func(gm.forward)
 
-
-def test_ops_trace_to_triton_kernels_under_torch_compile() -> None:
-    """What torch.compile relies on, checked without a GPU in a process without the interpreter.
-
-    The fake implementation that triton_op derives from the launch code gives the right shapes and
-    dtypes; torch.compile traces the public ops (dispatch included) in one graph, and AOTAutograd's
-    joint forward+backward graph holds the Triton kernels themselves: 2 forward launches, then
-    dgrad + wgrad for fused_dense and 2 x (dgrad + wgrad) for the projection. The trace stops
-    before partitioning: without a GPU, Triton cannot tell which arguments a kernel writes.
-    """
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, "-c", _TRACE_SCRIPT], env=env, capture_output=True, text=True, timeout=180)
-    assert done.returncode == 0, done.stderr[-3000:]
-    lines = done.stdout.splitlines()
-    assert "fake (5, 3) torch.bfloat16 (5, 3) torch.float32" in lines
-    assert "kernels [('_dgrad_kernel', 3), ('_projection_fwd_kernel', 2), ('_wgrad_kernel', 3)]" in lines
+    backend = aot_autograd(fw_compiler=boxed, bw_compiler=boxed, partition_fn=keep_joint_graph)
+    torch._dynamo.reset()
+    with ops.kernels_mode("triton"):
+        loss = torch.compile(step, fullgraph=True, backend=backend)(*args, torch.ones(5, 2))
+        loss.backward()
+    names = sorted(str(n.target) for n in joint[0].graph.nodes if "fastmmgan" in str(n.target))
+    assert names == [
+        "fastmmgan.fused_dense.default", "fastmmgan.fused_dense_backward.default",
+        "fastmmgan.shared_projection.default", "fastmmgan.shared_projection_backward.default",
+    ]
+    assert launches["projection_fwd"] - before["projection_fwd"] == 2
+    assert all(arg.grad is not None for arg in args)
 
 
 def penalty_grads(fn, inputs: list[torch.Tensor | None], x_index: list[int]) -> list[torch.Tensor]:
@@ -286,3 +305,72 @@ def test_double_backward_matches_reference(op: str) -> None:
     for g, g_ref in zip(penalty_grads(fast, leaves(inputs, torch.float32), x_index),
                         penalty_grads(ref, leaves(inputs, torch.float32), x_index), strict=True):
         assert_matches(g, g_ref, torch.float32)
+
+
+def row_tile_groups(batch: int) -> int:
+    """How many GROUP_M groups of row tiles the forward and dgrad launches have at this batch."""
+    from fastmmgan.kernels.fused_dense import _GEMM_CONFIGS
+
+    block_m = min(c.kwargs["BLOCK_M"] for c in _GEMM_CONFIGS)
+    return math.ceil(math.ceil(batch / block_m) / _GROUP_M)
+
+
+def test_tile_order_over_several_row_tile_groups() -> None:
+    """B = 600 spans more than one GROUP_M group of row tiles (with a partial last group), so the grouped
+    tile order must map every program to its own tile: a wrong order leaves rows unwritten or doubled."""
+    batch = 600 if not CUDA else 4099
+    assert row_tile_groups(batch) >= 2
+    torch.manual_seed(11)
+    check_against_reference(
+        lambda t: fused_dense_triton(t[0], t[1], t[2], 0.2),
+        lambda t: fused_dense_reference(t[0], t[1], t[2], 0.2),
+        dense_inputs(batch, True),
+        torch.float32,
+    )
+
+
+@requires_cuda
+@pytest.mark.parametrize("batch", [1024, 4096])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_large_batches_on_cuda(batch: int, dtype: torch.dtype) -> None:
+    """Many tile groups, batch splits of the weight-gradient reduction, and bf16 ``tl.dot`` on tensor cores
+    (the interpreter upcasts 16-bit dots to fp32, so only a GPU checks the real bf16 MMA)."""
+    torch.manual_seed(batch)
+    check_against_reference(
+        lambda t: fused_dense_triton(t[0], t[1], t[2], 0.2),
+        lambda t: fused_dense_reference(t[0], t[1], t[2], 0.2),
+        dense_inputs(batch, True),
+        dtype,
+    )
+    mask = every_pattern_mask(batch, 4).to(KERNEL_DEVICE)
+    check_against_reference(*projection_fns(4, mask, 0.2), projection_inputs(batch, 4), dtype)
+
+
+@requires_cuda
+def test_ops_replay_in_a_cuda_graph() -> None:
+    """Forward and backward of both ops captured in one CUDA graph and replayed on new inputs (what the
+    compiled step's ``reduce-overhead`` mode does) give what eager calls give."""
+    torch.manual_seed(2)
+    x = torch.randn(256, K_IN, dtype=torch.bfloat16, requires_grad=True)
+    w = (torch.randn(N_OUT, K_IN) / K_IN**0.5).to(torch.bfloat16).requires_grad_()
+    b = torch.randn(N_OUT, dtype=torch.bfloat16, requires_grad=True)
+
+    def run_once():
+        y = fused_dense_triton(x, w, b, 0.2)
+        return (y, *torch.autograd.grad(y.float().square().sum(), [x, w, b]))
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):  # autotune and warm up outside the capture
+            run_once()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = run_once()
+    with torch.no_grad():
+        x.copy_(torch.randn_like(x))
+    graph.replay()
+    torch.cuda.synchronize()
+    for got, want in zip(captured, run_once(), strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
