@@ -132,12 +132,15 @@ def _modality_distances(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) ->
     """[A, B] mean over modalities of the mean squared feature difference between rows of a and rows of b.
 
     Taken as |x|^2 + |y|^2 - 2 x.y (one GEMM) after both are centred on b's mean, which leaves the distances
-    unchanged and keeps the cancellation of that form small in fp32."""
+    unchanged and keeps the cancellation of that form small in fp32. The GEMM stays fp32 under autocast:
+    in bf16 its rounding (8 bits) would undo the centring."""
     total = None
     for x, y in zip(a, b, strict=True):
         centre = y.detach().float().mean(dim=0)
         x, y = x.float() - centre, y.float() - centre
-        d = (x.square().sum(1, keepdim=True) + y.square().sum(1)[None] - 2 * x @ y.T).clamp_min(0) / x.shape[1]
+        with torch.autocast(x.device.type, enabled=False):
+            cross = x @ y.T
+        d = (x.square().sum(1, keepdim=True) + y.square().sum(1)[None] - 2 * cross).clamp_min(0) / x.shape[1]
         total = d if total is None else total + d
     return total / len(a)
 

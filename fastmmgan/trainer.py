@@ -132,6 +132,7 @@ class Trainer:
         if resume is not None:
             self.load_state(load_checkpoint(resume))
         self._first_step = self.step
+        self._first_launches: dict[str, int] = {}
         self._evaluator = None
         self.step_fn = self._build_step()
 
@@ -267,8 +268,12 @@ class Trainer:
         without the interpreter become one clear error instead of a traceback from deep in the compiler."""
         from .ops import kernels_mode_now
 
+        before = _kernel_launches()
         try:
-            return self.step_fn(batch.to(self.device))
+            out = self.step_fn(batch.to(self.device))
+            after = _kernel_launches()
+            self._first_launches = {k: n - before.get(k, 0) for k, n in after.items() if n > before.get(k, 0)}
+            return out
         except Exception as e:
             if kernels_mode_now() != "triton" or self.device.type != "cpu":
                 raise
@@ -286,8 +291,8 @@ class Trainer:
         compile_s = getattr(self.step_fn, "compile_seconds", None)
         if compile_s is not None:
             log.event("compiled", step=self.step, seconds=round(compile_s, 2), backend=self.cfg.compile_backend)
-        log.event("step", kind=type(self.step_fn).__name__, kernels=kernels_mode_now(), device=str(self.device),
-                  precision=self.cfg.precision, kernel_launches=dict(_kernel_launches()))
+        log.event("first_step", step=self.step, kind=type(self.step_fn).__name__, kernels=kernels_mode_now(),
+                  device=str(self.device), precision=self.cfg.precision, kernel_launches=self._first_launches)
         if selfcheck.records:
             log.event("kernel_self_check", checks=selfcheck.records)
 
@@ -349,7 +354,7 @@ class RunLog:
 
 
 def _kernel_launches() -> dict[str, int]:
-    """Triton kernel launches so far in this process (empty when the kernels were never imported)."""
+    """Triton kernel launches so far in this process, per kernel (empty when the kernels were never imported)."""
     kernels = sys.modules.get("fastmmgan.kernels.fused_dense")
     return dict(kernels.launches) if kernels is not None else {}
 

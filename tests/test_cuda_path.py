@@ -41,7 +41,7 @@ def test_emulated_cuda_step_trains_on_the_triton_kernels(tmp_path, recipe):
     done = train(tmp_path, EMULATED + RECIPES[recipe], TRITON_INTERPRET="1", FASTMMGAN_KERNELS="triton")
     assert done.returncode == 0, done.stderr[-3000:]
     log = events(tmp_path)
-    step = next(e for e in log if e.get("event") == "step")
+    step = next(e for e in log if e.get("event") == "first_step")
     assert step["kind"] == "CompiledStep" and step["kernels"] == "triton" and step["precision"] == "bf16"
     launched = step["kernel_launches"]
     assert launched["projection_fwd"] > 0 and launched["dgrad"] > 0 and launched["wgrad"] > 0, launched
@@ -76,5 +76,5 @@ def test_default_training_runs_the_kernels_on_cuda(tmp_path):
     log = events(tmp_path)
     checks = next(e for e in log if e.get("event") == "kernel_self_check")["checks"]
     assert checks and all(c["ok"] for c in checks), checks
-    step = next(e for e in log if e.get("event") == "step")
+    step = next(e for e in log if e.get("event") == "first_step")
     assert step["kind"] == "CompiledStep" and step["kernel_launches"].get("projection_fwd", 0) > 0

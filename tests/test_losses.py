@@ -106,3 +106,18 @@ def test_mmd_sees_a_missing_cluster_and_pulls_towards_it():
     mixed_weight = (torch.arange(64) < 32).float()
     assert mmd_loss([torch.cat([both[0][:32], one[0][32:]]), real[1]], real, mixed_weight) == pytest.approx(
         mmd_loss([both[0][:32], real[1][:32]], [r for r in real], torch.ones(32)).item(), rel=1e-5)
+
+
+def test_mmd_distances_stay_fp32_under_bf16_autocast():
+    """The compiled step runs the losses under bf16 autocast on CUDA; the MMD's distance GEMM must not
+    follow it (bf16 rounding of x.y would undo the centring that keeps |x|^2 + |y|^2 - 2x.y accurate)."""
+    from fastmmgan.losses import _modality_distances
+
+    gen = torch.Generator().manual_seed(0)
+    a = [torch.rand(16, 30, generator=gen), torch.rand(16, 7, generator=gen)]
+    b = [torch.rand(12, 30, generator=gen), torch.rand(12, 7, generator=gen)]
+    exact = sum(((x[:, None] - y[None]) ** 2).mean(-1) for x, y in zip(a, b)) / 2
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = _modality_distances(a, b)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, exact, rtol=1e-5, atol=1e-5)

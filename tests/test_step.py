@@ -40,6 +40,14 @@ class Pair:
     initial: list[torch.Tensor]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def many_compiled_steps():
+    """Each CompiledStep instance is one more compiled entry of ``CompiledStep._step`` (guarded on the
+    instance); this module builds more than dynamo's default limit of 8."""
+    with torch._dynamo.config.patch(recompile_limit=64):
+        yield
+
+
 @pytest.fixture(scope="module")
 def data():
     """Three modalities with partial masks, so mismatched rows and conditions vary row to row."""

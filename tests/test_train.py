@@ -29,8 +29,11 @@ def test_run_writes_everything_a_user_looks_at(run_dir):
     assert cfg["steps"] == 6 and cfg["loss"] == "ns"
     assert sorted(p.name for p in (run_dir / "checkpoints").glob("*.pt")) == ["last.pt", "step_00000003.pt",
                                                                              "step_00000006.pt"]
-    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    lines = [r for r in records if "event" not in r]
     assert [line["step"] for line in lines] == [3, 6]
+    first = next(r for r in records if r.get("event") == "first_step")
+    assert first["kind"] == "ReferenceStep" and first["kernels"] == "auto" and first["kernel_launches"] == {}
     assert all(np.isfinite(line["loss_d"]) and np.isfinite(line["loss_g"]) for line in lines)
     samples = run_dir / "samples" / "step_00000006"
     names = {p.name for p in samples.iterdir()}
