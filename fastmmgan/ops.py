@@ -66,8 +66,12 @@ def shared_projection_reference(
     return F.leaky_relu(acc + bias, slope)
 
 
+@torch.compiler.assume_constant_result
 def tf32_allowed() -> bool:
     """Whether torch lets fp32 CUDA matmuls use TF32, read through the API the user set it with.
+
+    Under torch.compile the answer is read once, when the graph is traced (dynamo cannot trace torch's
+    precision getters), and holds for that graph: set the precision before the first compiled step.
 
     torch >= 2.9 has ``torch.backends.cuda.matmul.fp32_precision`` ("tf32", "ieee", or "none" = inherit
     ``torch.backends.fp32_precision``); the legacy ``allow_tf32`` flag sets it too, but reading the legacy

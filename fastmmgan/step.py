@@ -27,7 +27,7 @@ from .config import COMPILE_BACKENDS, PRECISIONS, TrainConfig
 from .distributed import gather_rows
 from .losses import discriminator_loss, diversity_loss, generator_loss, gradient_penalty, mmd_loss, r1_penalty
 from .models import Discriminator, Generator, compose_fake
-from .ops import kernels_mode_now
+from .ops import kernels_mode_now, tf32_allowed
 
 log = logging.getLogger(__name__)
 
@@ -396,10 +396,12 @@ class CompiledStep:
         self.amp_dtype = autocast_dtype("auto", self.device) if amp_dtype == "auto" else amp_dtype
         self.compile_seconds: float | None = None
         self._lr_cache: dict[int, tuple[float, torch.Tensor]] = {}
-        if self.cuda and kernels_mode_now() == "auto":
+        compute_dtype = self.amp_dtype or torch.float32
+        if self.cuda and kernels_mode_now() == "auto" and (compute_dtype != torch.float32 or tf32_allowed()):
+            # Before tracing: inside the trace the kernels cannot run, and dispatch reads the result.
             from . import selfcheck
 
-            selfcheck.ensure(self.device, [self.amp_dtype or torch.float32])
+            selfcheck.ensure(self.device, [compute_dtype])
         mode = None
         if backend == "inductor" and options is None:
             mode, options = ("reduce-overhead", None) if self.cuda else (None, {"cpp_wrapper": True})

@@ -350,25 +350,28 @@ def projection_forward(
     chained = num_mod > MAX_GROUPS
     partials = [torch.empty((b, n), device=x0.device, dtype=torch.float32) for _ in range(2 if chained else 0)]
     mask_t, stride_mb, stride_mm = _mask_args(mask, x0)
+    # An unused group slot points at modality 0 with K = 0: its K loop never runs.
+    unused = (x0, weights[0], 0, 0, 0, 0, 0)
+    precision, block_mod = _precision(x0.dtype), _block_mod(num_mod)
 
     def grid(meta):
         return (triton.cdiv(b, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
 
     for launch, first in enumerate(range(0, num_mod, MAX_GROUPS)):
-        chunk = list(range(first, min(first + MAX_GROUPS, num_mod)))
+        count = min(MAX_GROUPS, num_mod - first)
         groups = []
-        for slot in range(MAX_GROUPS):
-            m = chunk[slot] if slot < len(chunk) else chunk[0]
-            k = xs[m].shape[1] if slot < len(chunk) else 0
-            groups += [xs[m], weights[m], k, *xs[m].stride(), *weights[m].stride()]
+        for m in range(first, first + count):
+            x, w = xs[m], weights[m]
+            groups += (x, w, x.shape[1], *x.stride(), *w.stride())
+        groups += unused * (MAX_GROUPS - count)
         partial_in, partial_out = (partials[(launch + 1) % 2], partials[launch % 2]) if chained else (x0, x0)
         launches["projection_fwd"] += 1
         _projection_fwd_kernel[grid](
             y, partial_in, partial_out, x0 if bias is None else bias, mask_t, *groups,
             b, n, num_mod, first, slope, 1.0 / num_mod, stride_mb, stride_mm,
-            NUM_GROUPS=len(chunk), HAS_BIAS=bias is not None, HAS_MASK=mask is not None,
-            ACC_IN=launch > 0, FINAL=first + MAX_GROUPS >= num_mod, PRECISION=_precision(x0.dtype),
-            BLOCK_MOD=_block_mod(num_mod), GROUP_M=_GROUP_M,
+            NUM_GROUPS=count, HAS_BIAS=bias is not None, HAS_MASK=mask is not None,
+            ACC_IN=launch > 0, FINAL=first + MAX_GROUPS >= num_mod, PRECISION=precision,
+            BLOCK_MOD=block_mod, GROUP_M=_GROUP_M,
         )
     return y
 
@@ -461,24 +464,34 @@ def check_slope(slope: float) -> None:
 def check_operands(
     xs: list[torch.Tensor], weights: list[torch.Tensor], bias: torch.Tensor | None, mask: torch.Tensor | None
 ) -> None:
-    """Shapes, dtypes and devices the kernels accept: xs [B,K_m], weights [N,K_m], bias [N], mask [B,M]."""
+    """Shapes, dtypes and devices the kernels accept: xs [B,K_m], weights [N,K_m], bias [N], mask [B,M].
+
+    Called on every op call, so it reads each tensor's shape, dtype and device once and builds no message
+    unless something is wrong (eager host time per call is part of the op's cost).
+    """
     if len(xs) != len(weights) or not xs:
         raise ValueError(f"need one weight per input, got {len(xs)} inputs and {len(weights)} weights")
     x0, w0 = xs[0], weights[0]
-    b, n = x0.shape[0], w0.shape[0]
+    b, n, dtype, device = x0.shape[0], w0.shape[0], x0.dtype, x0.device
+    if dtype not in _SUPPORTED_DTYPES:
+        raise ValueError(f"inputs, weights and bias must share one of {_SUPPORTED_DTYPES}, got {dtype}")
     for m, (x, w) in enumerate(zip(xs, weights, strict=True)):
-        if x.dim() != 2 or w.dim() != 2 or x.shape[0] != b or w.shape[0] != n or x.shape[1] != w.shape[1]:
-            raise ValueError(f"modality {m}: x {tuple(x.shape)} and weight {tuple(w.shape)} do not fit [B,K] and [N,K]")
-    params = [*xs, *weights] if bias is None else [*xs, *weights, bias]
-    if x0.dtype not in _SUPPORTED_DTYPES or any(t.dtype != x0.dtype for t in params):
-        dtypes = [t.dtype for t in params]
-        raise ValueError(f"inputs, weights and bias must share one of {_SUPPORTED_DTYPES}, got {dtypes}")
-    if any(t.device != x0.device for t in params):
-        raise ValueError("inputs, weights and bias must be on one device")
-    if bias is not None and tuple(bias.shape) != (n,):
-        raise ValueError(f"bias must be [{n}], got {tuple(bias.shape)}")
-    if mask is not None and (tuple(mask.shape) != (b, len(xs)) or mask.device != x0.device):
-        raise ValueError(f"mask must be [{b}, {len(xs)}] on {x0.device}, got {tuple(mask.shape)} on {mask.device}")
+        xs_, ws_ = x.shape, w.shape
+        if len(xs_) != 2 or len(ws_) != 2 or xs_[0] != b or ws_[0] != n or xs_[1] != ws_[1]:
+            raise ValueError(f"modality {m}: x {tuple(xs_)} and weight {tuple(ws_)} do not fit [B,K] and [N,K]")
+        if x.dtype != dtype or w.dtype != dtype:
+            raise ValueError(f"inputs, weights and bias must share one of {_SUPPORTED_DTYPES}, got {x.dtype} and {w.dtype}")
+        if x.device != device or w.device != device:
+            raise ValueError("inputs, weights and bias must be on one device")
+    if bias is not None:
+        if bias.dtype != dtype:
+            raise ValueError(f"inputs, weights and bias must share one of {_SUPPORTED_DTYPES}, got bias {bias.dtype}")
+        if bias.device != device:
+            raise ValueError("inputs, weights and bias must be on one device")
+        if bias.shape != (n,):
+            raise ValueError(f"bias must be [{n}], got {tuple(bias.shape)}")
+    if mask is not None and (mask.shape != (b, len(xs)) or mask.device != device):
+        raise ValueError(f"mask must be [{b}, {len(xs)}] on {device}, got {tuple(mask.shape)} on {mask.device}")
 
 
 def autocast_args(*tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
@@ -588,6 +601,7 @@ def _fused_dense_double_grad(ctx, gdx, gdw, gdb):
 
 
 _fused_dense_op.register_autograd(_fused_dense_grad, setup_context=_fused_dense_setup)
+_fused_dense = torch.ops.fastmmgan.fused_dense.default  # the overload itself: one lookup fewer per call
 _fused_dense_backward_op.register_autograd(_fused_dense_double_grad, setup_context=_fused_dense_backward_setup)
 
 
@@ -599,6 +613,9 @@ def fused_dense_triton(
     Same contract as :func:`fastmmgan.ops.fused_dense_reference`; fp32/bf16/fp16, output in x's dtype.
     """
     check_slope(slope)
-    x, weight, bias = autocast_args(x, weight, bias)
-    y = torch.ops.fastmmgan.fused_dense(x.reshape(-1, x.shape[-1]), weight, bias, float(slope))
+    if torch.is_autocast_enabled(x.device.type):
+        x, weight, bias = autocast_args(x, weight, bias)
+    if x.dim() == 2:  # the layers' case: no reshapes (each costs host time in eager mode)
+        return _fused_dense(x, weight, bias, float(slope))
+    y = _fused_dense(x.reshape(-1, x.shape[-1]), weight, bias, float(slope))
     return y.reshape(*x.shape[:-1], weight.shape[0])
