@@ -20,6 +20,7 @@ import os
 from collections import Counter
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 from torch.library import custom_op
@@ -494,6 +495,25 @@ def check_operands(
         raise ValueError(f"mask must be [{b}, {len(xs)}] on {device}, got {tuple(mask.shape)} on {mask.device}")
 
 
+ALIGN_K = 16
+"""Input widths are zero-padded to a multiple of this many elements before a launch (see :func:`pad_k`)."""
+
+
+def pad_k(x: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [B,K] and weight [N,K] zero-padded along K to a multiple of :data:`ALIGN_K`: (x [B,K'], weight [N,K']).
+
+    Triton specialises a kernel on row strides divisible by 16: only then are row starts aligned for
+    vector loads and the K loop's loads pipelined. An odd width (the discriminator's 257-wide
+    minibatch-stddev layer, a 25-word caption) would lose that for the whole GEMM; a padded copy costs
+    B*K' + N*K' elements of memory traffic and adds zeros to the sum, so the result is unchanged. The
+    pad is a differentiable torch op, so the gradients of the padding columns are simply dropped.
+    """
+    extra = -x.shape[-1] % ALIGN_K
+    if extra == 0 or x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]:
+        return x, weight  # aligned already, or operands that check_operands will reject as they are
+    return F.pad(x, (0, extra)), F.pad(weight, (0, extra))
+
+
 def autocast_args(*tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
     """Cast to the autocast dtype when autocast is on, as F.linear would; custom ops are not autocast."""
     device = next(t for t in tensors if t is not None).device.type
@@ -616,6 +636,6 @@ def fused_dense_triton(
     if torch.is_autocast_enabled(x.device.type):
         x, weight, bias = autocast_args(x, weight, bias)
     if x.dim() == 2:  # the layers' case: no reshapes (each costs host time in eager mode)
-        return _fused_dense(x, weight, bias, float(slope))
-    y = _fused_dense(x.reshape(-1, x.shape[-1]), weight, bias, float(slope))
+        return _fused_dense(*pad_k(x, weight), bias, float(slope))
+    y = _fused_dense(*pad_k(x.reshape(-1, x.shape[-1]), weight), bias, float(slope))
     return y.reshape(*x.shape[:-1], weight.shape[0])

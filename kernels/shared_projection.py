@@ -21,6 +21,7 @@ from .fused_dense import (
     check_operands,
     check_slope,
     input_grad,
+    pad_k,
     projection_forward,
     weight_grad,
 )
@@ -130,6 +131,7 @@ def shared_projection_triton(
     check_slope(slope)
     cast = autocast_args(*xs, *weights, bias)
     num_mod = len(xs)
-    xs, weights, bias = list(cast[:num_mod]), list(cast[num_mod : num_mod + len(weights)]), cast[-1]
+    padded = [pad_k(x, w) for x, w in zip(cast[:num_mod], cast[num_mod : num_mod + len(weights)], strict=True)]
+    xs, weights, bias = [x for x, _ in padded], [w for _, w in padded], cast[-1]
     mask = None if mask is None else mask.detach()
     return torch.ops.fastmmgan.shared_projection(xs, weights, bias, mask, float(slope))

@@ -374,3 +374,17 @@ def test_ops_replay_in_a_cuda_graph() -> None:
     torch.cuda.synchronize()
     for got, want in zip(captured, run_once(), strict=True):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_odd_widths_are_padded_to_aligned_rows() -> None:
+    """K = 37 (or the discriminator's 257) reaches the kernels as 48 (272) zero-padded columns, so every row
+    starts 16-element aligned; aligned widths pass untouched, mismatched operands are left for the checks."""
+    from fastmmgan.kernels.fused_dense import ALIGN_K, pad_k
+
+    x, w = torch.randn(3, 257), torch.randn(45, 257)
+    xp, wp = pad_k(x, w)
+    assert xp.shape == (3, 272) and wp.shape == (45, 272) and xp.stride(0) % ALIGN_K == 0
+    assert torch.equal(xp[:, :257], x) and not xp[:, 257:].any() and not wp[:, 257:].any()
+    aligned = torch.randn(3, 64)
+    assert pad_k(aligned, torch.randn(5, 64))[0] is aligned
+    assert pad_k(x, w[:, :-1])[0] is x
