@@ -76,7 +76,7 @@ def build_models(ds: MultimodalDataset, cfg: TrainConfig, device: torch.device |
     (as :class:`~fastmmgan.trainer.Trainer` does)."""
     torch.manual_seed(cfg.seed)
     G = Generator.from_config(ds.specs, cfg).to(device)
-    D = Discriminator(ds.specs, cfg.d_width, cfg.d_depth).to(device)
+    D = Discriminator.from_config(ds.specs, cfg).to(device)
     calibrate_fusions_(G, D, ds.features, cfg.seed)
     ema = copy.deepcopy(G).eval().requires_grad_(False)
     return Models(G, D, ema, adam(G, cfg.lr, cfg), adam(D, cfg.d_lr or cfg.lr, cfg))
@@ -113,12 +113,15 @@ def _wide_data(batch: int) -> MultimodalDataset:
     return random_dataset(digits_specs(), 2 * batch)
 
 
+SEED_MNIST = TrainConfig(
+    z_dim=100, z_components=0, g_widths=(128, 256), d_widths=(256, 128), mbstd_group=0, mmd_weight=0.0,
+    diversity_weight=0.0,
+)
+"""The seeds' MNIST GAN exactly: G 100-128-256-784 sigmoid, D 784-256-128-1, leaky-ReLU 0.2, non-saturating
+loss, Adam(2e-4 / 1e-4, betas 0.5, 0.999); no recipe extras (stddev feature, MMD, mode seeking)."""
+
 CONFIGS: dict[str, BenchConfig] = {
-    "seed-mnist": BenchConfig(
-        "seed-mnist", TrainConfig(
-            z_dim=100, z_components=0, g_width=256, g_depth=1, d_width=256, d_depth=1, mmd_weight=0.0
-        ), _seed_mnist_data
-    ),
+    "seed-mnist": BenchConfig("seed-mnist", SEED_MNIST, _seed_mnist_data),
     "digits": BenchConfig("digits", TrainConfig(), _digits_data),
     "wide": BenchConfig("wide", TrainConfig(g_width=1024, d_width=1024), _wide_data),
 }
@@ -134,10 +137,11 @@ def default_batches(name: str, cuda: bool) -> list[int]:
 def gemm_flops(G: Generator, D: Discriminator, batch: int) -> float:
     """GEMM FLOPs of one step as the step's math defines them (2*B*K*N per product).
 
-    D update: D forward on 3B rows (real, fake, mismatched), its weight gradients, and input gradients
-    of every layer but the first (data needs none). G update: G forward on B rows (counted once; the
-    D update reuses it), D forward on B rows and its input gradients (no weight gradients), G's weight
-    gradients and input gradients of every layer but the fusion (noise and data need none). The recipe's
+    D update: D forward on 3B rows (real, fake, mismatched; 2B with one modality, where no row can be
+    mismatched), its weight gradients, and input gradients of every layer but the first (data needs
+    none). G update: G forward on B rows (counted once; the D update reuses it), D forward on B rows
+    and its input gradients (no weight gradients), G's weight gradients and input gradients of every
+    layer but the fusion (noise and data need none). The recipe's
     extra products (the MMD's row distances, at most 256 rows) are work, but not counted as useful.
     """
 
@@ -148,7 +152,8 @@ def gemm_flops(G: Generator, D: Discriminator, batch: int) -> float:
 
     g_all, g_rest = layers(G)
     d_all, d_rest = layers(D)
-    d_update = 3 * batch * (d_all + d_all + d_rest)
+    d_rows = (3 if len(D.specs) > 1 else 2) * batch
+    d_update = d_rows * (d_all + d_all + d_rest)
     g_update = batch * (g_all + d_all + d_all + g_all + g_rest)
     return 2.0 * (d_update + g_update)
 
@@ -219,8 +224,35 @@ def assert_steps_match(
     for name in ("opt_g", "opt_d"):
         a, b = getattr(fast_models, name).state_dict()["state"], getattr(ref_models, name).state_dict()["state"]
         for i in b:
-            for key in ("step", "exp_avg", "exp_avg_sq"):
-                assert_close_fp32(a[i][key], b[i][key], f"{name}[{i}].{key}", tol=tol)
+            assert_close_fp32(a[i]["step"], b[i]["step"], f"{name}[{i}].step", tol=tol)
+            for key in ("exp_avg", "exp_avg_sq"):
+                assert_close_but_kinks(a[i][key], b[i][key], f"{name}[{i}].{key}", tol=tol)
+
+
+KINK_SHARE = 0.01
+KINK_NORM_RTOL = 1e-3
+
+
+def assert_close_but_kinks(actual: torch.Tensor, expected: torch.Tensor, what: str, tol: float = 1e-5) -> None:
+    """:func:`assert_close_fp32`, except that up to ``KINK_SHARE`` of the elements may differ more when the
+    whole tensor still agrees within ``KINK_NORM_RTOL`` in norm.
+
+    Why: two correct implementations round a pre-activation differently in its last bit; one that lies
+    within that rounding of 0 takes the other side of the leaky-ReLU kink in one of them, which changes
+    that row's gradient by (1 - slope) * dy, a discrete difference no tolerance on rounding covers. Over
+    thousands of rows a few such flips happen (seen: 1 of 256 bias-gradient elements of seed-mnist at
+    batch 1024, off by 3e-4 of the largest). A systematic error (a wrong beta, a missing term) moves
+    every element and the norm, and still fails.
+    """
+    atol = tol * expected.detach().abs().max().item()
+    close = torch.isclose(actual, expected, rtol=tol, atol=atol)
+    if bool(close.all()):
+        return
+    share = 1.0 - close.float().mean().item()
+    norm_error = ((actual - expected).norm() / expected.norm().clamp_min(1e-30)).item()
+    if share <= KINK_SHARE and norm_error <= KINK_NORM_RTOL:
+        return
+    assert_close_fp32(actual, expected, f"{what} ({share:.2%} of elements off, norm error {norm_error:.2g})", tol=tol)
 
 
 def snapshot(models: Models, name: str) -> list[torch.Tensor]:
@@ -239,61 +271,159 @@ def assert_close_fp32(
 
 @dataclass
 class Row:
+    """One config and batch: ms per step of each implementation, and the compiled step's speed-up over each
+    (median of per-round ratios); the hand-written columns are None where there is no plain-MLP peer."""
+
     name: str
     batch: int
+    hand_ms: float | None
+    vs_hand: float | None
+    hand_compiled_ms: float | None
+    vs_hand_compiled: float | None
     ref_ms: float
+    vs_ref: float
     fast_ms: float
-    ratio: float
     samples_per_s: float
     gflops: float
     peak_share: float
     compile_s: float
 
 
-def time_steps(
-    ref: Step, fast: Step, inputs: Sequence[StepInputs], rounds: int, per_round: int, device
-) -> tuple[float, float, float]:
-    """Medians over ``rounds`` of (reference ms/step, fast ms/step, ratio), the two interleaved per round."""
-    ref_ms, fast_ms = [], []
+def time_interleaved(
+    steps: dict[str, Step], inputs: Sequence[StepInputs], rounds: int, per_round: int, device
+) -> dict[str, list[float]]:
+    """ms per step of each of ``steps`` in each of ``rounds`` rounds; within a round every step runs
+    ``per_round`` times in turn, the order rotating from round to round, so a busy machine slows all alike."""
+    names = list(steps)
+    times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
-        for step, acc in ((ref, ref_ms), (fast, fast_ms)) if r % 2 == 0 else ((fast, fast_ms), (ref, ref_ms)):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             _sync(device)
             start = time.perf_counter()
             for i in range(per_round):
-                step(inputs[i % len(inputs)])
+                steps[name](inputs[i % len(inputs)])
             _sync(device)
-            acc.append((time.perf_counter() - start) / per_round * 1e3)
-    ratio = statistics.median(a / b for a, b in zip(ref_ms, fast_ms))
-    return statistics.median(ref_ms), statistics.median(fast_ms), ratio
+            times[name].append((time.perf_counter() - start) / per_round * 1e3)
+    return times
+
+
+def median_ratio(slow: Sequence[float], fast: Sequence[float]) -> float:
+    """Median over rounds of slow / fast (the speed-up of ``fast``), robust to a round that hit noise."""
+    return statistics.median(a / b for a, b in zip(slow, fast, strict=True))
+
+
+class HandwrittenGAN:
+    """The MLP GAN a user writes by hand from the seeds: ``nn.Sequential`` of ``nn.Linear`` + ``nn.LeakyReLU``,
+    a sigmoid output, BCE-with-logits, ``torch.optim.Adam``, D judging real and fake in two passes and the
+    G update backpropagating through D (which also fills D's gradients, as such loops do).
+
+    Same layer widths, initial weights (copied from fastmmgan's models) and Adam settings as the config, so
+    the timing compares implementations of one architecture. ``compile_modules`` wraps G and D in
+    ``torch.compile`` as a user would try next. Works on one-modality data (the seeds' setting).
+    """
+
+    def __init__(self, models: Models, cfg: TrainConfig, compile_modules: bool = False) -> None:
+        G, D = models.G, models.D
+        if G.conditional or D.mbstd_group or len(D.specs) != 1:
+            raise ValueError("the hand-written peer is the seeds' unconditional MLP GAN: one modality, no stddev feature")
+        g_layers = [G.fusion.proj[0], *G.body, G.head]
+        d_layers = [D.fusion.proj[0], *D.body[0:1], *D.body[1], D.head]
+        self.G = self._sequential(g_layers, [G.fusion.bias, *(m.bias for m in g_layers[1:])], torch.nn.Sigmoid())
+        self.D = self._sequential(d_layers, [D.fusion.bias, *(m.bias for m in d_layers[1:])], None)
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr, betas=cfg.betas)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.d_lr or cfg.lr, betas=cfg.betas)
+        self.run_g = torch.compile(self.G) if compile_modules else self.G
+        self.run_d = torch.compile(self.D) if compile_modules else self.D
+
+    @staticmethod
+    def _sequential(layers, biases, last: torch.nn.Module | None) -> torch.nn.Sequential:
+        modules: list[torch.nn.Module] = []
+        for i, (layer, bias) in enumerate(zip(layers, biases, strict=True)):
+            linear = torch.nn.Linear(layer.in_features, layer.out_features, device=layer.weight.device)
+            with torch.no_grad():
+                linear.weight.copy_(layer.weight)
+                linear.bias.copy_(bias)
+            modules.append(linear)
+            if i < len(layers) - 1:
+                modules.append(torch.nn.LeakyReLU(0.2))
+        if last is not None:
+            modules.append(last)
+        return torch.nn.Sequential(*modules)
+
+    def __call__(self, batch: StepInputs) -> dict[str, torch.Tensor]:
+        real, z = batch.real[0], batch.z
+        bce = torch.nn.functional.binary_cross_entropy_with_logits
+        fake = self.run_g(z)
+        real_logits, fake_logits = self.run_d(real), self.run_d(fake.detach())
+        loss_d = bce(real_logits, torch.ones_like(real_logits)) + bce(fake_logits, torch.zeros_like(fake_logits))
+        self.opt_d.zero_grad()
+        loss_d.backward()
+        self.opt_d.step()
+        judged = self.run_d(fake)
+        loss_g = bce(judged, torch.ones_like(judged))
+        self.opt_g.zero_grad()
+        loss_g.backward()
+        self.opt_g.step()
+        return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach()}
 
 
 def bench_config(
     bc: BenchConfig, batch: int, peak: float, device: torch.device, rounds: int = 11, check_steps: int = 3
 ) -> Row:
-    """Check the compiled step against the reference, then time both (see the module docstring)."""
+    """Check the compiled step against the reference, then time it interleaved with the reference step and,
+    for one-modality configs, the hand-written loop eager and with torch.compile (see the module docstring)."""
     cfg = replace(bc.cfg, batch_size=batch)
     ds = bc.data(batch)
     models = build_models(ds, cfg, device)
     twin = models.copy(cfg)
+    peers = {}
+    try:
+        peers = {"hand": HandwrittenGAN(models.copy(cfg), cfg), "hand_compiled": HandwrittenGAN(models.copy(cfg), cfg, True)}
+    except ValueError:
+        pass  # multimodal or with recipe extras: no plain-MLP equivalent
     ref, fast = make_steps(models, twin, cfg, device=device)
     inputs = [draw_step_inputs(ds, i, cfg).to(device) for i in range(8)]
     policy = "fp32" if fast.amp_dtype is None else "bf16"
     assert_steps_match(ref, fast, models, twin, inputs[:check_steps], policy=policy)
+    for peer in peers.values():  # compile and warm up outside the timed rounds
+        for batch_in in inputs[:3]:
+            peer(batch_in)
     per_round = max(2, min(20, int(2000 / batch)))
-    ref_ms, fast_ms, ratio = time_steps(ref, fast, inputs, rounds, per_round, device)
+    times = time_interleaved({"ref": ref, "fast": fast, **peers}, inputs, rounds, per_round, device)
+    fast_ms = statistics.median(times["fast"])
     gflops = gemm_flops(models.G, models.D, batch) / fast_ms / 1e6
-    return Row(bc.name, batch, ref_ms, fast_ms, ratio, batch / fast_ms * 1e3, gflops, gflops / peak, fast.compile_seconds)
+
+    def versus(name: str) -> tuple[float | None, float | None]:
+        if name not in times:
+            return None, None
+        return statistics.median(times[name]), median_ratio(times[name], times["fast"])
+
+    return Row(
+        bc.name, batch, *versus("hand"), *versus("hand_compiled"), *versus("ref"), fast_ms,
+        batch / fast_ms * 1e3, gflops, gflops / peak, fast.compile_seconds,
+    )
 
 
 def format_table(rows: Sequence[Row], peak: float, device: str, dtype: torch.dtype = torch.float32, n: int = 2048) -> str:
+    """The markdown table: speed-up over the hand-written loop first, then over its compiled variant and
+    over the reference step, then ms per step of each, samples/s, useful GFLOP/s and share of the peak."""
     name = str(dtype).removeprefix("torch.")
+
+    def ratio(x: float | None) -> str:
+        return "-" if x is None else f"{x:.2f}x"
+
+    def ms(x: float | None) -> str:
+        return "-" if x is None else f"{x:.2f}"
+
     head = (
         f"device: {device}; {name} GEMM peak ({n}^3 matmul, best of the run): {peak:.0f} GFLOP/s\n"
-        "| config | batch | reference ms | compiled ms | speed-up | samples/s | useful GFLOP/s | of peak | compile s |\n"
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "| config | batch | vs hand-written | vs hand-written + torch.compile | vs reference step | hand-written ms | "
+        "hand-written + compile ms | reference ms | compiled ms | samples/s | useful GFLOP/s | of peak | compile s |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     )
     lines = [
-        f"| {r.name} | {r.batch} | {r.ref_ms:.2f} | {r.fast_ms:.2f} | {r.ratio:.2f}x | {r.samples_per_s:,.0f} | "
+        f"| {r.name} | {r.batch} | {ratio(r.vs_hand)} | {ratio(r.vs_hand_compiled)} | {ratio(r.vs_ref)} | "
+        f"{ms(r.hand_ms)} | {ms(r.hand_compiled_ms)} | {r.ref_ms:.2f} | {r.fast_ms:.2f} | {r.samples_per_s:,.0f} | "
         f"{r.gflops:.1f} | {r.peak_share:.0%} | {r.compile_s:.1f} |"
         for r in rows
     ]
@@ -332,7 +462,9 @@ def main(argv: list[str] | None = None) -> int:
             torch._dynamo.reset()
             rows.append(bench_config(CONFIGS[name], batch, peak, device, rounds=args.rounds))
             peak = max(peak, gemm_peak(n=n, device=device, dtype=dtype))
-            print(f"{name} batch {batch}: {rows[-1].ratio:.2f}x", flush=True)
+            r = rows[-1]
+            hand = "" if r.vs_hand is None else f"{r.vs_hand:.2f}x the hand-written loop, "
+            print(f"{name} batch {batch}: {hand}{r.vs_ref:.2f}x the reference step", flush=True)
     for row in rows:
         row.peak_share = row.gflops / peak
     print(format_table(rows, peak, device_name(device), dtype, n))

@@ -10,7 +10,8 @@ from typing import Any
 from .errors import FastMMGANError
 from .losses import check_loss
 
-ADDED_FIELDS: dict[str, Any] = {"z_components": 0, "r1_weight": 0.0, "mmd_weight": 0.0}
+ADDED_FIELDS: dict[str, Any] = {"z_components": 0, "r1_weight": 0.0, "mmd_weight": 0.0, "g_widths": None,
+                                 "d_widths": None, "mbstd_group": 4}
 PRECISIONS = ("auto", "bf16", "fp32")
 COMPILE_BACKENDS = ("inductor", "aot_eager")
 """Fields added after the first release, with the values that reproduce runs saved without them."""
@@ -39,6 +40,9 @@ class TrainConfig:
     g_depth: int = 2
     d_width: int = 256
     d_depth: int = 2
+    g_widths: tuple[int, ...] | None = None
+    d_widths: tuple[int, ...] | None = None
+    mbstd_group: int = 4
     ema_decay: float = 0.999
     seed: int = 0
     test_fraction: float = 0.2
@@ -57,6 +61,18 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
         check_loss(self.loss)
+        for name in ("g_widths", "d_widths"):
+            widths = getattr(self, name)
+            if widths is not None:
+                widths = tuple(int(w) for w in widths)
+                if len(widths) < 2 or min(widths) <= 0:
+                    raise FastMMGANError(
+                        f"{name.replace('_', '-')} needs the fusion's width and at least one layer's, all positive "
+                        f"(e.g. 128,256), got {','.join(map(str, widths))}"
+                    )
+                setattr(self, name, widths)
+        if self.mbstd_group < 0:
+            raise FastMMGANError(f"mbstd-group must be >= 0 (0: off), got {self.mbstd_group}")
         positive = ("steps", "batch_size", "z_dim", "g_width", "g_depth", "d_width", "d_depth", "keep_checkpoints",
                     "max_bad_steps", "dist_timeout")
         for name in positive:
@@ -92,6 +108,9 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["betas"] = list(self.betas)
+        for name in ("g_widths", "d_widths"):
+            if d[name] is not None:
+                d[name] = list(d[name])
         return d
 
     @classmethod
@@ -101,8 +120,11 @@ class TrainConfig:
         return cls(**{**ADDED_FIELDS, **{k: v for k, v in d.items() if k in known}})
 
     def model_hash(self) -> str:
-        """Short hash of what decides the generator's architecture and data (z_components only when used,
-        so runs saved before it existed keep their hash)."""
+        """Short hash of what decides the generator's architecture and data (z_components and g_widths only
+        when used, so runs saved before they existed keep their hash)."""
         keys = ["dataset", "data", "z_dim", "g_width", "g_depth"] + (["z_components"] if self.z_components else [])
-        blob = json.dumps({k: getattr(self, k) for k in keys}, sort_keys=True)
+        values = {k: getattr(self, k) for k in keys}
+        if self.g_widths:  # only when used, as z_components
+            values["g_widths"] = list(self.g_widths)
+        blob = json.dumps(values, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]

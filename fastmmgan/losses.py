@@ -48,17 +48,19 @@ def check_loss(name: str) -> str:
 
 
 def discriminator_loss(
-    name: str, real_logits: torch.Tensor, fake_logits: torch.Tensor, fake_weight: torch.Tensor | None = None
+    name: str, real_logits: torch.Tensor, fake_logits: torch.Tensor, fake_weight: torch.Tensor | None = None,
+    fake_rows: int | None = None,
 ) -> torch.Tensor:
     """The discriminator's loss for real logits [B,1] and fake logits [F,1]; ``fake_weight`` [F] weighs
     each fake term inside the mean (0 drops a row; the mean stays over all F rows, so data-parallel
-    processes average to one process's value)."""
+    processes average to one process's value). ``fake_rows`` (default F) is the mean's denominator, for
+    callers that leave out rows whose weight would be 0."""
     check_loss(name)
     real_term = _D_REAL[name](real_logits.float()).mean()
     fake_terms = _D_FAKE[name](fake_logits.float()).squeeze(-1)
     if fake_weight is not None:
         fake_terms = fake_terms * fake_weight
-    return real_term + fake_terms.mean()
+    return real_term + fake_terms.sum() / (fake_rows or fake_terms.shape[0])
 
 
 def generator_loss(name: str, fake_logits: torch.Tensor) -> torch.Tensor:

@@ -69,10 +69,19 @@ class SharedProjection(nn.Module):
 
 
 class DenseStack(nn.Sequential):
-    """A leaky-ReLU MLP of ``depth`` FusedDense layers of one width. [B, width] -> [B, width]."""
+    """A leaky-ReLU MLP of FusedDense layers ``widths[0] -> widths[1] -> ... -> widths[-1]``.
+    [B, widths[0]] -> [B, widths[-1]]; one width gives no layer (identity)."""
 
-    def __init__(self, width: int, depth: int, slope: float = ops.DEFAULT_SLOPE) -> None:
-        super().__init__(*(FusedDense(width, width, slope) for _ in range(depth)))
+    def __init__(self, widths: Sequence[int], slope: float = ops.DEFAULT_SLOPE) -> None:
+        super().__init__(*(FusedDense(a, b, slope) for a, b in zip(widths, widths[1:])))
+
+
+def stack_widths(width: int, depth: int, widths: Sequence[int] | None) -> tuple[int, ...]:
+    """The fusion's width then each dense layer's: ``widths`` when given, else ``depth`` layers of ``width``."""
+    out = tuple(widths) if widths else (width,) * (depth + 1)
+    if len(out) < 2 or any(w <= 0 for w in out):
+        raise ValueError(f"widths need the fusion's width and at least one layer's, all positive; got {list(out)}")
+    return out
 
 
 class Generator(nn.Module):
@@ -86,10 +95,16 @@ class Generator(nn.Module):
     equally likely components, fed as a one-hot next to z (see :meth:`noise_features`). Data made of
     separate clusters (ten digits, each with its caption and tone) then need no continuous path between
     clusters through z, where a continuous latent drops whole clusters or makes in-between samples.
+
+    Widths: ``widths`` = (fusion width, then each dense layer's), e.g. (128, 256) for the seeds' MNIST
+    generator 100-128-256-784; without it, ``depth`` layers of ``width``. With one modality there is
+    nothing to condition on (generating the only modality from itself), so the fusion takes the noise
+    alone: no projection of data that would always be masked out.
     """
 
     def __init__(
-        self, specs: Sequence[ModalitySpec], z_dim: int = 64, width: int = 256, depth: int = 2, components: int = 0
+        self, specs: Sequence[ModalitySpec], z_dim: int = 64, width: int = 256, depth: int = 2, components: int = 0,
+        widths: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if not 0 <= components <= z_dim:
@@ -97,14 +112,27 @@ class Generator(nn.Module):
         self.specs = tuple(specs)
         self.z_dim = z_dim
         self.components = components
-        self.fusion = SharedProjection([z_dim + components, *(s.dim for s in self.specs)], width)
-        self.body = DenseStack(width, depth)
-        self.head = nn.Linear(width, sum(s.dim for s in self.specs))
+        self.conditional = len(self.specs) > 1
+        self.widths = stack_widths(width, depth, widths)
+        data_dims = [s.dim for s in self.specs] if self.conditional else []
+        self.fusion = SharedProjection([z_dim + components, *data_dims], self.widths[0])
+        self.body = DenseStack(self.widths)
+        self.head = nn.Linear(self.widths[-1], sum(s.dim for s in self.specs))
         he_init_(self)
+        self._register_load_state_dict_pre_hook(self._drop_unconditional_projections)
 
     @classmethod
     def from_config(cls, specs: Sequence[ModalitySpec], cfg: TrainConfig) -> Generator:
-        return cls(specs, cfg.z_dim, cfg.g_width, cfg.g_depth, cfg.z_components)
+        return cls(specs, cfg.z_dim, cfg.g_width, cfg.g_depth, cfg.z_components, cfg.g_widths)
+
+    def _drop_unconditional_projections(self, state_dict, prefix, *args) -> None:
+        """Checkpoints of one-modality generators from before they were unconditional hold a projection of
+        the data that was always masked out (it never changed an output): drop it on load."""
+        if self.conditional:
+            return
+        stale = prefix + "fusion.proj."
+        for key in [k for k in state_dict if k.startswith(stale) and not k.startswith(stale + "0.")]:
+            del state_dict[key]
 
     def noise_features(self, z: torch.Tensor) -> torch.Tensor:
         """z [B, z_dim] -> [B, z_dim + components]: z, then the one-hot of the argmax of its first
@@ -117,8 +145,11 @@ class Generator(nn.Module):
 
     def forward(self, z: torch.Tensor, xs: Sequence[torch.Tensor], given: torch.Tensor) -> list[torch.Tensor]:
         """z [B, z_dim]; xs: M feature tensors [B, dim_m] (ignored where not given); given [B, M] -> M tensors."""
-        mask = torch.cat([torch.ones_like(given[:, :1]), given], dim=1)
-        h = self.body(self.fusion([self.noise_features(z), *xs], mask))
+        if self.conditional:
+            mask = torch.cat([torch.ones_like(given[:, :1]), given], dim=1)
+            h = self.body(self.fusion([self.noise_features(z), *xs], mask))
+        else:
+            h = self.body(self.fusion([self.noise_features(z)], None))
         out = torch.sigmoid(self.head(h))
         return list(out.split([s.dim for s in self.specs], dim=1))
 
@@ -141,20 +172,36 @@ class Discriminator(nn.Module):
     """All present modalities -> one realness logit [B, 1]; ``mask`` [B, M] marks which are present.
 
     Real and fake rows must come in separate groups of ``mbstd_group`` consecutive rows (the training
-    step concatenates whole batches), since the minibatch-stddev feature is taken per group.
+    step concatenates whole batches), since the minibatch-stddev feature is taken per group;
+    ``mbstd_group=0`` leaves the feature out (the seeds' plain MLP discriminator). ``widths`` as for
+    :class:`Generator`: (256, 128) is the seeds' 784-256-128-1.
     """
 
-    def __init__(self, specs: Sequence[ModalitySpec], width: int = 256, depth: int = 2, mbstd_group: int = 4) -> None:
+    def __init__(
+        self, specs: Sequence[ModalitySpec], width: int = 256, depth: int = 2, mbstd_group: int = 4,
+        widths: Sequence[int] | None = None,
+    ) -> None:
         super().__init__()
+        if mbstd_group < 0:
+            raise ValueError(f"mbstd_group must be >= 0, got {mbstd_group}")
         self.specs = tuple(specs)
         self.mbstd_group = mbstd_group
-        self.fusion = SharedProjection([s.dim for s in self.specs], width)
-        self.body = nn.Sequential(FusedDense(width + 1, width), DenseStack(width, depth - 1))
-        self.head = nn.Linear(width, 1)
+        self.widths = stack_widths(width, depth, widths)
+        first, *rest = self.widths
+        self.fusion = SharedProjection([s.dim for s in self.specs], first)
+        extra = 1 if mbstd_group else 0
+        self.body = nn.Sequential(FusedDense(first + extra, rest[0]), DenseStack(rest))
+        self.head = nn.Linear(rest[-1], 1)
         he_init_(self)
 
+    @classmethod
+    def from_config(cls, specs: Sequence[ModalitySpec], cfg: TrainConfig) -> Discriminator:
+        return cls(specs, cfg.d_width, cfg.d_depth, cfg.mbstd_group, cfg.d_widths)
+
     def forward(self, xs: Sequence[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
-        h = minibatch_stddev(self.fusion(xs, mask), self.mbstd_group)
+        h = self.fusion(xs, mask)
+        if self.mbstd_group:
+            h = minibatch_stddev(h, self.mbstd_group)
         return self.head(self.body(h))
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -104,14 +104,24 @@ def discriminator_objective(D: Discriminator, batch: StepInputs, fake: Sequence[
     change to the compiled step (the penalties' input gradients are ``torch.autograd.grad``, which it traces).
 
     Calling mismatched rows fake teaches cross-modal consistency (GAN-CLS's matching-aware discriminator);
-    their per-row weights drop rows that could not be mismatched. ``fake`` (M tensors [B, dim_m]) is
+    their per-row weights drop rows that could not be mismatched, and with one modality (where none can)
+    they are not judged at all. ``fake`` (M tensors [B, dim_m]) is
     treated as data: no gradient flows into the generator.
     """
-    d_in = [torch.cat([r, f.detach(), w]) for r, f, w in zip(batch.real, fake, batch.mismatched)]
-    logits = D(d_in, batch.mask.repeat(3, 1))
-    real_logits, fake_logits, mismatch_logits = logits.chunk(3)
-    fake_weight = torch.cat([torch.ones_like(batch.mismatch_weight), batch.mismatch_weight])
-    loss_d = discriminator_loss(recipe.loss, real_logits, torch.cat([fake_logits, mismatch_logits]), fake_weight)
+    b = batch.mask.shape[0]
+    if len(batch.real) > 1:
+        d_in = [torch.cat([r, f.detach(), w]) for r, f, w in zip(batch.real, fake, batch.mismatched)]
+        logits = D(d_in, batch.mask.repeat(3, 1))
+        real_logits, fake_logits, mismatch_logits = logits.chunk(3)
+        fake_logits = torch.cat([fake_logits, mismatch_logits])
+        fake_weight = torch.cat([torch.ones_like(batch.mismatch_weight), batch.mismatch_weight])
+    else:
+        # One modality: no row can be mismatched (all weights would be 0), so D judges real and fake only;
+        # the fake mean keeps its 2B denominator, so the loss equals the three-part one.
+        logits = D([torch.cat([batch.real[0], fake[0].detach()])], batch.mask.repeat(2, 1))
+        real_logits, fake_logits = logits.chunk(2)
+        fake_weight = None
+    loss_d = discriminator_loss(recipe.loss, real_logits, fake_logits, fake_weight, fake_rows=2 * b)
     critic = partial(D, mask=batch.mask)
     if recipe.loss == "wgan-gp":
         loss_d = loss_d + recipe.gp_weight * gradient_penalty(critic, batch.real, fake, batch.alpha)
@@ -374,7 +384,7 @@ class CompiledStep:
         opt_d: torch.optim.Optimizer,
         recipe: Recipe = Recipe(),
         device: torch.device | None = None,
-        backend: str = "inductor",
+        backend: str | Callable = "inductor",
         options: dict | None = None,
         amp_dtype: torch.dtype | None | str = "auto",
     ) -> None:
@@ -384,7 +394,7 @@ class CompiledStep:
         for opt, model in ((opt_g, generator), (opt_d, discriminator)):
             if [id(p) for p in opt.param_groups[0]["params"]] != [id(p) for p in model.parameters()]:
                 raise ValueError("each optimizer must hold exactly its model's parameters, in order")
-        if backend not in COMPILE_BACKENDS:
+        if isinstance(backend, str) and backend not in COMPILE_BACKENDS:
             raise ValueError(f"compile backend must be one of {', '.join(COMPILE_BACKENDS)}, got {backend!r}")
         self.d_objective = _Bound(discriminator, partial(discriminator_objective, recipe=recipe))
         self.g_objective = _Bound(discriminator, partial(generator_objective, recipe=recipe))

@@ -45,6 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--g-depth", type=int, default=_DEFAULTS.g_depth, help="generator dense layers after the fusion")
     p.add_argument("--d-width", type=int, default=_DEFAULTS.d_width, help="discriminator width")
     p.add_argument("--d-depth", type=int, default=_DEFAULTS.d_depth, help="discriminator dense layers after the fusion")
+    p.add_argument("--g-widths", type=widths_list, default=None,
+                   help="generator widths per layer, the fusion's first (e.g. 128,256: the seeds' 100-128-256-784); "
+                        "overrides --g-width/--g-depth")
+    p.add_argument("--d-widths", type=widths_list, default=None,
+                   help="discriminator widths per layer, the fusion's first (e.g. 256,128: the seeds' 784-256-128-1); "
+                        "overrides --d-width/--d-depth")
+    p.add_argument("--mbstd-group", type=int, default=_DEFAULTS.mbstd_group,
+                   help="rows per group of the discriminator's minibatch-stddev feature (0: off, the seeds' plain MLP)")
     p.add_argument("--ema-decay", type=float, default=_DEFAULTS.ema_decay, help="decay of the EMA generator used for samples")
     p.add_argument("--seed", type=int, default=_DEFAULTS.seed, help="seed of data split, init, batches and noise")
     p.add_argument("--device", default=_DEFAULTS.device, help="auto | cpu | cuda (auto: CUDA when available)")
@@ -73,6 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds a process waits for the others under torchrun before failing")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
+
+
+def widths_list(text: str) -> tuple[int, ...]:
+    """``"128,256"`` -> (128, 256); argparse turns the ValueError into a usage error (exit 2)."""
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated layer widths such as 128,256, got {text!r}") from None
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

@@ -123,7 +123,7 @@ class Trainer:
             raise FastMMGANError(f"batch-size {cfg.batch_size} is larger than the training split ({len(self.train_ds)} samples)")
         self.specs = ds.specs
         self.G = Generator.from_config(self.specs, cfg).to(self.device)
-        self.D = Discriminator(self.specs, cfg.d_width, cfg.d_depth).to(self.device)
+        self.D = Discriminator.from_config(self.specs, cfg).to(self.device)
         calibrate_fusions_(self.G, self.D, self.train_ds.features, cfg.seed)
         self.ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         self.opt_g = self._adam(self.G, cfg.lr)

@@ -55,7 +55,7 @@ def test_layers_keep_nn_linear_state_dicts():
     layer.load_state_dict(linear.state_dict())
     x = torch.randn(3, 6)
     torch.testing.assert_close(layer(x), torch.nn.functional.leaky_relu(linear(x), 0.2))
-    stack = DenseStack(4, 3)
+    stack = DenseStack([4, 4, 4, 4])
     assert len(stack) == 3 and stack(torch.randn(2, 4)).shape == (2, 4)
     proj = SharedProjection([3, 2], 4)
     assert set(proj.state_dict()) == {"bias", "proj.0.weight", "proj.1.weight"}
@@ -95,3 +95,29 @@ def test_noise_components_cannot_exceed_the_noise_size():
 
     with pytest.raises(ValueError, match="components"):
         Generator(SPECS, z_dim=8, components=9)
+
+
+def test_per_layer_widths_build_the_seeds_mlp_gan():
+    """--g-widths 128,256 / --d-widths 256,128 --mbstd-group 0 on one 28x28 image modality is the seeds'
+    G 100-128-256-784 sigmoid and D 784-256-128-1: nothing but those layers (one modality: no data
+    projection in the generator, which could never be given it)."""
+    from fastmmgan.modalities import ModalitySpec
+
+    specs = [ModalitySpec("image", "image", image_shape=(28, 28))]
+    gen = Generator(specs, z_dim=100, widths=(128, 256))
+    disc = Discriminator(specs, widths=(256, 128), mbstd_group=0)
+    assert {k: tuple(v.shape) for k, v in gen.state_dict().items()} == {
+        "fusion.bias": (128,), "fusion.proj.0.weight": (128, 100), "body.0.weight": (256, 128), "body.0.bias": (256,),
+        "head.weight": (784, 256), "head.bias": (784,)}
+    assert {k: tuple(v.shape) for k, v in disc.state_dict().items()} == {
+        "fusion.bias": (256,), "fusion.proj.0.weight": (256, 784), "body.0.weight": (128, 256), "body.0.bias": (128,),
+        "head.weight": (1, 128), "head.bias": (1,)}
+    out = gen(torch.randn(3, 100), [torch.rand(3, 784)], torch.zeros(3, 1, dtype=torch.bool))
+    assert out[0].shape == (3, 784) and disc(out, torch.ones(3, 1, dtype=torch.bool)).shape == (3, 1)
+    # A one-modality generator saved when it still projected the (always masked-out) data loads unchanged.
+    old = {**gen.state_dict(), "fusion.proj.1.weight": torch.zeros(128, 784)}
+    twin = Generator(specs, z_dim=100, widths=(128, 256))
+    twin.load_state_dict(old)
+    z = torch.randn(2, 100)
+    assert torch.equal(twin(z, [torch.rand(2, 784)], torch.zeros(2, 1, dtype=torch.bool))[0],
+                       gen(z, [torch.rand(2, 784)], torch.zeros(2, 1, dtype=torch.bool))[0])

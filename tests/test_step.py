@@ -16,12 +16,14 @@ import pytest
 import torch
 from conftest import CUDA, KERNEL_DEVICE
 
-from fastmmgan.bench import Models, assert_steps_match, build_models, make_steps, random_dataset
+from fastmmgan.bench import SEED_MNIST, Models, assert_steps_match, build_models, make_steps, random_dataset
 from fastmmgan.config import TrainConfig
 from fastmmgan.data import digits_specs
 from fastmmgan.kernels.fused_dense import launches
+from fastmmgan.losses import discriminator_loss
+from fastmmgan.modalities import ModalitySpec
 from fastmmgan.ops import kernels_mode
-from fastmmgan.step import CompiledStep, ReferenceStep, StepInputs, build_step
+from fastmmgan.step import CompiledStep, Recipe, ReferenceStep, StepInputs, build_step, discriminator_objective
 from fastmmgan.trainer import draw_step_inputs
 
 CFG = TrainConfig(batch_size=16, z_dim=8, g_width=32, d_width=32, g_depth=1, d_depth=1, device="cpu")
@@ -188,6 +190,56 @@ def test_compiled_step_runs_the_triton_kernels(data, recipe):
     calls = per_call if not CUDA else per_call[:1]
     for launched in calls:
         assert launched["projection_fwd"] > 0 and launched["dgrad"] > 0 and launched["wgrad"] > 0, launched
+
+
+def count_gemms(cfg: TrainConfig, ds) -> int:
+    """Matrix products (mm, addmm, bmm) in the compiled step's AOTAutograd graph for ``cfg`` on ``ds``."""
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    graphs = []
+
+    def capture(gm, example_inputs):
+        graphs.append(gm)
+        return make_boxed_func(gm.forward)
+
+    models = build_models(ds, cfg)
+    fast = CompiledStep(models.G, models.D, models.ema, models.opt_g, models.opt_d, Recipe.from_config(cfg),
+                        backend=aot_autograd(fw_compiler=capture, bw_compiler=capture))
+    fast(draw_step_inputs(ds, 0, cfg))
+    products = (torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default)
+    return sum(node.target in products for g in graphs for node in g.graph.nodes)
+
+
+def test_compiled_step_computes_only_the_products_it_needs():
+    """The seeds' MLP GAN (3 layers each): G forward 3; D update: forward on real + fake (one batch, no
+    mismatched rows with one modality) 3, weight gradients 3, input gradients of the 2 upper layers (data
+    needs none) 2; G update: D forward 3, D input gradients 3 and no D weight gradients, G weight gradients
+    3 and input gradients of the 2 upper layers (noise needs none) 2. 22 in all; the hand-written loop
+    (two D passes, D weight gradients in the G update) does 33."""
+    cfg = replace(SEED_MNIST, batch_size=16)
+    ds = random_dataset((ModalitySpec("image", "image", image_shape=(28, 28)),), 64)
+    assert count_gemms(cfg, ds) == 3 + (3 + 3 + 2) + (3 + 3 + 3 + 2)
+
+
+def test_one_modality_skips_mismatched_rows_with_the_same_loss():
+    """With one modality no row can be mismatched: D judges 2B rows, not 3B, and the loss is what the
+    three-part batch with all mismatch weights 0 gives."""
+    cfg = replace(SEED_MNIST, batch_size=16, mbstd_group=4)
+    ds = random_dataset((ModalitySpec("image", "image", image_shape=(28, 28)),), 64)
+    models = build_models(ds, cfg)
+    batch = draw_step_inputs(ds, 0, cfg)
+    fake = [torch.rand_like(batch.real[0])]
+    rows = []
+    hook = models.D.fusion.register_forward_hook(lambda module, args, out: rows.append(out.shape[0]))
+    loss = discriminator_objective(models.D, batch, fake, Recipe.from_config(cfg))
+    hook.remove()
+    assert rows == [32]
+    logits = models.D([torch.cat([batch.real[0], fake[0], batch.mismatched[0]])], batch.mask.repeat(3, 1))
+    real, fake_logits, mismatch = logits.chunk(3)
+    weight = torch.cat([torch.ones(16), torch.zeros(16)])
+    expected = discriminator_loss("ns", real, torch.cat([fake_logits, mismatch]), weight)
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-6)
 
 
 def test_step_graph_has_no_breaks(data):

@@ -106,11 +106,28 @@ def _cli_error(main, argv, capsys):
     [(["--steps", "0"], "steps must be positive"), (["--batch-size", "-1"], "batch-size must be positive"),
      (["--data", "/nonexistent/x.npz"], "data file not found"), (["--dataset", "mnist"], "unknown built-in dataset"),
      (["--batch-size", "5000"], "larger than the training split"), (["--resume"], "no checkpoint to resume"),
-     (["--device", "cuda"] if not torch.cuda.is_available() else ["--lr", "0"], "")],
+     (["--device", "cuda"] if not torch.cuda.is_available() else ["--lr", "0"], ""),
+     (["--g-widths", "128"], "g-widths needs the fusion's width and at least one layer's"),
+     (["--d-widths", "256,0"], "d-widths needs the fusion's width and at least one layer's"),
+     (["--mbstd-group", "-1"], "mbstd-group must be >= 0")],
 )
 def test_train_cli_errors(tmp_path, capsys, argv, message):
     err = _cli_error(train.main, [*TINY, "--out", str(tmp_path / "o"), *argv], capsys)
     assert message in err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [(["--compile-backend", "cudagraphs"], "argument --compile-backend: invalid choice: 'cudagraphs'"),
+     (["--precision", "fp8"], "argument --precision: invalid choice: 'fp8'"),
+     (["--g-widths", "128,x"], "argument --g-widths: expected comma-separated layer widths such as 128,256")],
+)
+def test_train_cli_usage_errors(capsys, argv, message):
+    """Flags argparse itself rejects: usage, then the one error line, exit 2."""
+    with pytest.raises(SystemExit) as exit_info:
+        train.build_parser().parse_args(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err.strip().splitlines()[-1]
 
 
 def test_train_cli_unwritable_out(tmp_path, capsys):
