@@ -138,6 +138,17 @@ def test_adam_state_interoperates_with_torch_adam(default_pair, data):
         assert_steps_match(ref, fast, a, b, [draw_step_inputs(data, STEPS + 3, cfg)])
 
 
+def test_a_new_batch_shape_after_warm_up_goes_through_the_guards(data):
+    """Warm calls skip dynamo's guards; a batch of another size must not run on the graph compiled for the
+    old one: it recompiles, and both steps still agree."""
+    models = build_models(data, CFG)
+    twin = models.copy(CFG)
+    ref, fast = make_steps(models, twin, CFG, backend="aot_eager")
+    inputs = [draw_step_inputs(data, i, CFG) for i in range(3)] + [draw_step_inputs(data, 3, replace(CFG, batch_size=8))]
+    assert_steps_match(ref, fast, models, twin, inputs)
+    assert fast._warm_calls == 1 and fast._warm_signature[1][0][0] == 8  # real[0]: (shape, dtype, device)
+
+
 def test_build_step_compiles_unless_told(data):
     models = build_models(data, CFG)
     parts = (models.G, models.D, models.ema, models.opt_g, models.opt_d)
