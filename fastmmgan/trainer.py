@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import random
@@ -57,6 +58,12 @@ def _seed_for(*key: int) -> int:
     return int(np.random.SeedSequence([k & 0xFFFFFFFF for k in key]).generate_state(1)[0])
 
 
+@functools.lru_cache(maxsize=2)
+def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The sample order of one epoch (cached: every step of the epoch slices the same permutation)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(_seed_for(seed, epoch, 0)))
+
+
 UNCONDITIONAL_SHARE = 0.25
 
 
@@ -77,8 +84,7 @@ def draw_step_inputs(
     n, b = len(ds), cfg.batch_size
     per_epoch = n // b
     epoch, pos = divmod(step, per_epoch)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(_seed_for(cfg.seed, epoch, 0)))
-    idx = perm[pos * b : (pos + 1) * b]
+    idx = _epoch_order(n, cfg.seed, epoch)[pos * b : (pos + 1) * b]
     gen = torch.Generator().manual_seed(_seed_for(cfg.seed, step, 1))
     m = len(ds.specs)
     unconditional = torch.rand(b, generator=gen) < UNCONDITIONAL_SHARE
@@ -88,12 +94,15 @@ def draw_step_inputs(
     mask = ds.mask[idx]
     given = bits.bool() & mask
     real = [x[idx] for x in ds.features]
-    partner = torch.randperm(b, generator=gen)
-    swap_pick = torch.multinomial(mask.float() + 1e-6, 1, generator=gen)
-    swap = torch.zeros_like(mask).scatter_(1, swap_pick, True)
-    mismatched = [torch.where(swap[:, m : m + 1], x[partner], x) for m, x in enumerate(real)]
-    valid = (mask & mask[partner]).sum(dim=1) >= 2
-    valid &= ((swap & mask & mask[partner]).any(dim=1)) & (partner != torch.arange(b))
+    if m > 1:
+        partner = torch.randperm(b, generator=gen)
+        swap_pick = torch.multinomial(mask.float() + 1e-6, 1, generator=gen)
+        swap = torch.zeros_like(mask).scatter_(1, swap_pick, True)
+        mismatched = [torch.where(swap[:, m : m + 1], x[partner], x) for m, x in enumerate(real)]
+        valid = (mask & mask[partner]).sum(dim=1) >= 2
+        valid &= ((swap & mask & mask[partner]).any(dim=1)) & (partner != torch.arange(b))
+    else:  # one modality: no row can be mismatched (the step does not judge these rows at all)
+        mismatched, valid = real, torch.zeros(b, dtype=torch.bool)
     z = torch.randn(b, cfg.z_dim, generator=gen)
     alpha = torch.rand(b, 1, generator=gen)
     beta = torch.tensor(min(cfg.ema_decay, (1.0 + step) / (10.0 + step)), dtype=torch.float32)
