@@ -1,8 +1,13 @@
-"""The training step, compiled vs the eager reference (pytest-benchmark).
+"""The training step, compiled vs the eager reference and vs the loop a user writes by hand (pytest-benchmark).
 
 Run: ``pytest benchmarks/test_bench_train.py --benchmark-only`` (not part of the plain test run; the
-first run compiles every config, minutes on a 2-core CPU). For the ratio as a median of interleaved
+first run compiles every config, minutes on a 2-core CPU). For the ratios as medians of interleaved
 rounds, and the table, use ``python -m fastmmgan.bench``.
+
+For one-modality configs (``seed-mnist``: the seeds' MLP GAN exactly) two more implementations of the
+same architecture, from the same initial weights, are timed: the hand-written eager loop
+(``nn.Sequential`` + ``torch.optim.Adam``, :class:`fastmmgan.bench.HandwrittenGAN`) and the same with
+``torch.compile`` on G and D.
 
 Configs and batch sizes are those of :mod:`fastmmgan.bench` (seed-mnist, digits, wide). Before any
 timing, each config's compiled step is checked against the reference for 3 steps from one init
@@ -19,7 +24,7 @@ from dataclasses import dataclass, replace
 import pytest
 import torch
 
-from fastmmgan.bench import CONFIGS, build_models, default_batches, gemm_flops, make_steps
+from fastmmgan.bench import CONFIGS, HandwrittenGAN, build_models, default_batches, gemm_flops, make_steps
 from fastmmgan.bench import assert_steps_match as check
 from fastmmgan.step import CompiledStep, ReferenceStep, StepInputs
 from fastmmgan.trainer import draw_step_inputs
@@ -35,6 +40,7 @@ class Case:
     fast: CompiledStep
     inputs: list[StepInputs]
     gflop: float
+    peers: dict[str, HandwrittenGAN]
 
 
 _CASES: dict[tuple[str, int], Case] = {}
@@ -49,10 +55,18 @@ def case(name: str, batch: int) -> Case:
         ds = bc.data(batch)
         models = build_models(ds, cfg, DEVICE)
         twin = models.copy(cfg)
+        try:
+            peers = {"hand-written": HandwrittenGAN(models.copy(cfg), cfg),
+                     "hand-written-compiled": HandwrittenGAN(models.copy(cfg), cfg, compile_modules=True)}
+        except ValueError:
+            peers = {}
         ref, fast = make_steps(models, twin, cfg, device=DEVICE)
         inputs = [draw_step_inputs(ds, i, cfg).to(DEVICE) for i in range(8)]
         check(ref, fast, models, twin, inputs[:3])
-        _CASES[key] = Case(ref, fast, inputs, gemm_flops(models.G, models.D, batch) / 1e9)
+        for peer in peers.values():
+            for batch_in in inputs[:3]:
+                peer(batch_in)  # compile and warm up before timing
+        _CASES[key] = Case(ref, fast, inputs, gemm_flops(models.G, models.D, batch) / 1e9, peers)
     return _CASES[key]
 
 
@@ -61,12 +75,14 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-@pytest.mark.parametrize("impl", ["compiled", "reference"])
+@pytest.mark.parametrize("impl", ["compiled", "reference", "hand-written", "hand-written-compiled"])
 @pytest.mark.parametrize("config", CASES, ids=lambda c: f"{c[0]}-B{c[1]}")
 def test_train_step(benchmark, config: tuple[str, int], impl: str) -> None:
     name, batch = config
     c = case(name, batch)
-    step = c.fast if impl == "compiled" else c.ref
+    if impl.startswith("hand-written") and impl not in c.peers:
+        pytest.skip(f"{name} has no plain-MLP peer (more than one modality or recipe extras)")
+    step = {"compiled": c.fast, "reference": c.ref, **c.peers}[impl]
     batches = itertools.cycle(c.inputs)
 
     def call() -> None:

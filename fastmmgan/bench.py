@@ -1,7 +1,7 @@
 """``python -m fastmmgan.bench``: the training step, compiled vs the eager reference, as a table.
 
-For each config: ms per step of both steps, their ratio (median of per-round ratios, the two steps
-interleaved round by round on the same inputs, so a busy machine slows both alike), samples/s, useful
+For each config: ms per step of every implementation, the compiled step's speed-up over each (median of
+per-round ratios, all interleaved round by round on the same inputs, so a busy machine slows all alike), samples/s, useful
 GFLOP/s and its share of this machine's GEMM peak in the step's compute dtype (fp32 on CPU, bf16 under
 the CUDA step's autocast), measured in the same run with a square matmul.
 Before timing, the compiled step is checked against the reference for a few steps from the same init,
@@ -9,11 +9,12 @@ both under the same autocast and dispatch, at that dtype's tolerance of the nume
 
 Configs (see :data:`CONFIGS`):
 
-- ``seed-mnist``: the classic MLP GAN (G 100-128-256-784 sigmoid, D 784-256-128-1, leaky-ReLU 0.2) on
-  our models with one 28x28 image modality and uniform random data. Our layers have one width per
-  network, so it maps to G: fusion 100->256 (plus the image's 784->256 projection, masked out because
-  a one-modality batch never gives the image), one 256->256 layer, head 256->784 sigmoid; D: fusion
-  784->256, minibatch-stddev, 257->256, head 256->1. That is G 100-256-256-784, D 784-256(+1)-256-1.
+- ``seed-mnist``: the seeds' classic MLP GAN exactly (G 100-128-256-784 sigmoid, D 784-256-128-1,
+  leaky-ReLU 0.2, non-saturating loss; ``--g-widths 128,256 --d-widths 256,128 --mbstd-group 0``) on one
+  28x28 image modality of uniform random data. Here the hand-written loop a user writes from the seeds
+  (:class:`HandwrittenGAN`: ``nn.Sequential`` models, ``torch.optim.Adam``, two D passes), eager and with
+  ``torch.compile`` on G and D, is timed beside both steps from the same initial weights, and the table
+  leads with the compiled step's speed-up over it.
 - ``digits``: :class:`~fastmmgan.config.TrainConfig` defaults on the built-in digits data.
 - ``wide``: width 1024 on the digits modalities with random data; batch 4096 on a GPU, 1024 on a CPU.
 """
@@ -203,9 +204,17 @@ def assert_steps_match(
 
     ``policy="bf16"`` (both steps under bf16 autocast) takes the 16-bit tolerance, 2e-2, for every check
     in place of 1e-5 and of ``UPDATE_RTOL``.
+
+    Adam's moments hold gradients summed over the batch's rows, in another order by each implementation;
+    the rounding of a sum of n fp32 terms is bounded by n * 2^-24 of its terms' magnitude (Higham), which
+    passes 1e-5 at n = 171. So their element-wise tolerance is the larger of the policy and that bound for
+    the discriminator's 3B rows (1e-5 up to B = 57; 1.8e-4 at B = 1024), beside the kink allowance of
+    :func:`assert_close_but_kinks`; the per-tensor norm check still catches any systematic error.
     """
     tol = POLICY_TOL[policy]
     update_rtol = max(UPDATE_RTOL, tol)
+    rows = 3 * max(len(batch.z) for batch in inputs)
+    moment_tol = max(tol, rows * 2.0**-24)
     start = {(id(m), name): snapshot(m, name) for m in (ref_models, fast_models) for name in ("G", "D", "ema")}
     for batch in inputs:
         want, got = ref(batch), fast(batch)
@@ -226,7 +235,7 @@ def assert_steps_match(
         for i in b:
             assert_close_fp32(a[i]["step"], b[i]["step"], f"{name}[{i}].step", tol=tol)
             for key in ("exp_avg", "exp_avg_sq"):
-                assert_close_but_kinks(a[i][key], b[i][key], f"{name}[{i}].{key}", tol=tol)
+                assert_close_but_kinks(a[i][key], b[i][key], f"{name}[{i}].{key}", tol=moment_tol)
 
 
 KINK_SHARE = 0.01

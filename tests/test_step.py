@@ -222,6 +222,28 @@ def count_gemms(cfg: TrainConfig, ds) -> int:
     return sum(node.target in products for g in graphs for node in g.graph.nodes)
 
 
+def test_hand_written_peer_is_the_same_network_from_the_same_weights():
+    """The bench's hand-written loop (nn.Sequential + torch.optim.Adam) starts as fastmmgan's seed-mnist models:
+    same outputs for the same noise and data, so the timing compares implementations of one network."""
+    from fastmmgan.bench import HandwrittenGAN
+
+    cfg = replace(SEED_MNIST, batch_size=16)
+    ds = random_dataset((ModalitySpec("image", "image", image_shape=(28, 28)),), 64)
+    models = build_models(ds, cfg)
+    peer = HandwrittenGAN(models.copy(cfg), cfg)
+    z, x = torch.randn(5, 100), torch.rand(5, 784)
+    none, present = torch.zeros(5, 1, dtype=torch.bool), torch.ones(5, 1, dtype=torch.bool)
+    with torch.no_grad():
+        torch.testing.assert_close(peer.G(z), models.G(z, [x], none)[0])
+        torch.testing.assert_close(peer.D(x), models.D([x], present))
+    with pytest.raises(ValueError, match="one modality"):
+        HandwrittenGAN(build_models(data_for_digits(), CFG), CFG)
+
+
+def data_for_digits():
+    return random_dataset(digits_specs(), 64, seed=2)
+
+
 def test_compiled_step_computes_only_the_products_it_needs():
     """The seeds' MLP GAN (3 layers each): G forward 3; D update: forward on real + fake (one batch, no
     mismatched rows with one modality) 3, weight gradients 3, input gradients of the 2 upper layers (data
