@@ -71,28 +71,28 @@ def dense_inputs(batch: int, with_bias: bool) -> list[torch.Tensor | None]:
     return [torch.randn(batch, K_IN), torch.randn(N_OUT, K_IN) / K_IN**0.5, torch.randn(N_OUT) if with_bias else None]
 
 
-@pytest.mark.parametrize("batch", [1, 3, 64, 257])
-@pytest.mark.parametrize(("with_bias", "slope"), [(True, 0.2), (False, 0.01)])
-def test_fused_dense_fp32(batch: int, with_bias: bool, slope: float) -> None:
-    torch.manual_seed(batch)
+def check_dense(batch: int, dtype: torch.dtype, with_bias: bool = True, slope: float = 0.2) -> None:
+    """fused_dense's forward and every gradient against the reference, at this batch and dtype."""
     check_against_reference(
         lambda t: fused_dense_triton(t[0], t[1], t[2], slope),
         lambda t: fused_dense_reference(t[0], t[1], t[2], slope),
         dense_inputs(batch, with_bias),
-        torch.float32,
+        dtype,
     )
+
+
+@pytest.mark.parametrize("batch", [1, 3, 64, 257])
+@pytest.mark.parametrize(("with_bias", "slope"), [(True, 0.2), (False, 0.01)])
+def test_fused_dense_fp32(batch: int, with_bias: bool, slope: float) -> None:
+    torch.manual_seed(batch)
+    check_dense(batch, torch.float32, with_bias, slope)
 
 
 @pytest.mark.parametrize("dtype", LOW_PRECISION)
 @pytest.mark.parametrize("batch", [3, 64])
 def test_fused_dense_low_precision(dtype: torch.dtype, batch: int) -> None:
     torch.manual_seed(batch)
-    check_against_reference(
-        lambda t: fused_dense_triton(t[0], t[1], t[2], 0.2),
-        lambda t: fused_dense_reference(t[0], t[1], t[2], 0.2),
-        dense_inputs(batch, True),
-        dtype,
-    )
+    check_dense(batch, dtype)
 
 
 def test_fused_dense_frozen_weight_and_leading_dims() -> None:
@@ -321,12 +321,7 @@ def test_tile_order_over_several_row_tile_groups() -> None:
     batch = 600 if not CUDA else 4099
     assert row_tile_groups(batch) >= 2
     torch.manual_seed(11)
-    check_against_reference(
-        lambda t: fused_dense_triton(t[0], t[1], t[2], 0.2),
-        lambda t: fused_dense_reference(t[0], t[1], t[2], 0.2),
-        dense_inputs(batch, True),
-        torch.float32,
-    )
+    check_dense(batch, torch.float32)
 
 
 @requires_cuda
@@ -336,12 +331,7 @@ def test_large_batches_on_cuda(batch: int, dtype: torch.dtype) -> None:
     """Many tile groups, batch splits of the weight-gradient reduction, and bf16 ``tl.dot`` on tensor cores
     (the interpreter upcasts 16-bit dots to fp32, so only a GPU checks the real bf16 MMA)."""
     torch.manual_seed(batch)
-    check_against_reference(
-        lambda t: fused_dense_triton(t[0], t[1], t[2], 0.2),
-        lambda t: fused_dense_reference(t[0], t[1], t[2], 0.2),
-        dense_inputs(batch, True),
-        dtype,
-    )
+    check_dense(batch, dtype)
     mask = every_pattern_mask(batch, 4).to(KERNEL_DEVICE)
     check_against_reference(*projection_fns(4, mask, 0.2), projection_inputs(batch, 4), dtype)
 
