@@ -120,10 +120,15 @@ def test_npz_dataset_loads(tmp_path):
 
 def test_npz_mask_and_uint8_images(tmp_path):
     arrays = _valid()
-    arrays["pic"] = (arrays["pic"] * 255).astype(np.uint8)
+    pixels = (arrays["pic"] * 255).astype(np.uint8)
+    pixels.reshape(-1)[:2] = (0, 255)  # both ends of the range present
+    arrays["pic"] = pixels
     arrays["mask"] = np.array([[1, 1, 0]] * 6)
     ds = load_dataset(path=_write_npz(tmp_path / "d.npz", **arrays))
-    assert ds.features[0].max() <= 1.0 and not ds.mask[:, 2].any()
+    # uint8 is scaled by exactly 1/255: 0 -> 0, 255 -> 1, every value in between in proportion.
+    expected = torch.from_numpy(pixels.reshape(len(pixels), -1).astype(np.float32) / 255)
+    torch.testing.assert_close(ds.features[0], expected, rtol=0, atol=1e-7)
+    assert not ds.mask[:, 2].any()
 
 
 @pytest.mark.parametrize(

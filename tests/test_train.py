@@ -82,7 +82,17 @@ def test_resume_continues_to_more_steps(run_dir, tmp_path):
     shutil.copytree(run_dir, out)
     args = [a if a != "6" else "9" for a in TINY]
     assert train.main([*args, "--out", str(out), "--resume"]) == 0
-    assert load_checkpoint(out)["step"] == 9
+    assert train.main([*args, "--out", str(tmp_path / "straight")]) == 0
+    resumed, straight = load_checkpoint(out), load_checkpoint(tmp_path / "straight")
+    assert resumed["step"] == straight["step"] == 9
+    # Weights, EMA and optimizer state equal an uninterrupted 9-step run's, bit for bit (from scratch they would not).
+    for key in ("generator", "discriminator", "ema"):
+        for name, tensor in straight[key].items():
+            assert torch.equal(resumed[key][name], tensor), f"{key}.{name}"
+    for key in ("opt_g", "opt_d"):
+        for i, state in straight[key]["state"].items():
+            for name in ("step", "exp_avg", "exp_avg_sq"):
+                assert torch.equal(resumed[key]["state"][i][name], state[name]), f"{key}[{i}].{name}"
 
 
 def test_generate_cli_writes_files(run_dir, tmp_path):
@@ -143,6 +153,17 @@ def test_generate_cli_errors(run_dir, tmp_path, capsys):
     corrupt = tmp_path / "bad.pt"
     corrupt.write_bytes(b"garbage")
     assert "not a readable fastmmgan checkpoint" in _cli_error(generate.main, [str(corrupt)], capsys)
+
+
+def test_divergence_exits_3_with_one_line_through_the_cli(tmp_path):
+    """An absurd learning rate makes every update non-finite: the CLI stops after --max-bad-steps with exit 3."""
+    args = [a if a != "6" else "40" for a in TINY]
+    proc = subprocess.run([sys.executable, "-m", "fastmmgan.train", *args, "--lr", "1e38", "--d-lr", "1e38",
+                           "--max-bad-steps", "3", "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: training stopped at step 3: 3 non-finite updates in a row were skipped")
+    assert "Traceback" not in proc.stderr
 
 
 def test_cli_process_exit_code_and_single_line(tmp_path):
