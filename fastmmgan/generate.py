@@ -49,11 +49,10 @@ def _load_condition(spec: ModalitySpec, path: Path) -> np.ndarray:
             raise FastMMGANError(f"--given {spec.name}: cannot read {path} as an image: {e}") from None
         return np.asarray(grey, dtype=np.float32) / 255.0
     try:
-        wave, rate = read_wav(path)
-    except Exception as e:  # noqa: BLE001 - the wave module raises several unrelated types for bad files
-        raise FastMMGANError(f"--given {spec.name}: cannot read {path} as a WAV file: {e}") from None
-    if rate != spec.sample_rate:
-        raise FastMMGANError(f"--given {spec.name}: {path} is at {rate} Hz, the model expects {spec.sample_rate} Hz")
+        wave, _ = read_wav(path, sample_rate=spec.sample_rate)
+    except Exception as e:  # noqa: BLE001 - a malformed file can raise several unrelated types in the reader
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise FastMMGANError(f"--given {spec.name}: cannot read {path} as a WAV file: {reason}") from None
     return wave
 
 

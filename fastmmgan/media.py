@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import io
+import math
 import wave
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
+from scipy import signal
+from scipy.io import wavfile
 
 from .checkpoint import atomic_write_bytes
 
@@ -48,17 +52,36 @@ def save_wav(path: str | Path, waveform: np.ndarray, sample_rate: int) -> Path:
     return atomic_write_bytes(path, wav_bytes(waveform, sample_rate))
 
 
-def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
-    """A WAV file as a float32 mono waveform in [-1, 1] and its sample rate (8/16/32-bit PCM; channels averaged)."""
-    with wave.open(str(path), "rb") as w:
-        width, channels, rate = w.getsampwidth(), w.getnchannels(), w.getframerate()
-        frames = w.readframes(w.getnframes())
-    dtype = {1: np.uint8, 2: "<i2", 4: "<i4"}.get(width)
-    if dtype is None:
-        raise ValueError(f"unsupported sample width {width} bytes")
-    data = np.frombuffer(frames, dtype=dtype).astype(np.float32)
-    data = (data - 128.0) / 128.0 if width == 1 else data / float(2 ** (8 * width - 1))
-    return data.reshape(-1, channels).mean(axis=1), rate
+def read_wav(path: str | Path | BinaryIO, sample_rate: int | None = None) -> tuple[np.ndarray, int]:
+    """A WAV file as a float32 mono waveform in [-1, 1] and its sample rate.
+
+    Reads 8/16/24/32-bit PCM and 32/64-bit float files (scipy's reader; 24-bit PCM arrives left-aligned
+    in int32), averages the channels, and with ``sample_rate`` resamples to it (polyphase filtering,
+    ``scipy.signal.resample_poly``). ValueError names anything else; OSError (a missing file) passes through.
+    """
+    try:
+        rate, data = wavfile.read(path if hasattr(path, "read") else str(path))
+    except OSError:
+        raise
+    except Exception as e:  # noqa: BLE001 - scipy's reader fails on malformed files with assorted types
+        raise ValueError(f"not a readable WAV file ({type(e).__name__}: {str(e).strip() or 'malformed'})") from None
+    if data.dtype == np.uint8:
+        wave_ = (data.astype(np.float32) - 128.0) / 128.0
+    elif data.dtype.kind == "i":
+        wave_ = data.astype(np.float32) / float(2 ** (8 * data.dtype.itemsize - 1))
+    elif data.dtype.kind == "f":
+        wave_ = data.astype(np.float32)
+    else:
+        raise ValueError(f"unsupported sample format {data.dtype}")
+    if wave_.ndim == 2:
+        wave_ = wave_.mean(axis=1)
+    if wave_.ndim != 1 or wave_.size == 0:
+        raise ValueError("the file holds no audio samples")
+    if sample_rate is not None and rate != sample_rate:
+        factor = math.gcd(int(rate), int(sample_rate))
+        wave_ = signal.resample_poly(wave_, sample_rate // factor, rate // factor).astype(np.float32)
+        rate = sample_rate
+    return np.clip(wave_, -1.0, 1.0), int(rate)
 
 
 def save_captions(path: str | Path, lines: Sequence[str]) -> Path:
