@@ -78,6 +78,45 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_last_good_one(tmp_path, mon
     assert not list((tmp_path / "checkpoints").glob(".*.tmp"))
 
 
+_KILLED_WRITER = """
+import sys, time
+from pathlib import Path
+import torch
+from fastmmgan import checkpoint
+
+def stalls_half_way(obj, f):
+    f.write(b"PK\\x03\\x04 half a checkpoint")
+    f.flush()
+    Path(sys.argv[2]).touch()
+    time.sleep(600)
+
+checkpoint.torch.save = stalls_half_way
+checkpoint.save_checkpoint(sys.argv[1], 99, {"format": "fastmmgan-checkpoint", "step": 99})
+"""
+
+
+def test_a_real_sigkill_mid_write_keeps_last_pt_and_the_next_start_cleans_up(tmp_path):
+    """A process killed with SIGKILL while it writes a checkpoint leaves a temp file and nothing else: last.pt
+    still loads, and the next training start (here a --resume) removes the stale temp file."""
+    out = tmp_path / "run"
+    short = [a if a != str(STEPS) else "5" for a in ARGS] + ["--no-compile"]
+    assert train.main([*short, "--out", str(out)]) == 0
+    ready = tmp_path / "writing"
+    writer = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(out), str(ready)], env=ENV,
+                              stderr=subprocess.PIPE, text=True)
+    _wait_for(ready, writer)
+    writer.send_signal(signal.SIGKILL)
+    assert writer.wait() == -signal.SIGKILL
+    stale = list((out / "checkpoints").glob(".step_00000099.pt.*.tmp"))
+    assert len(stale) == 1 and stale[0].read_bytes().startswith(b"PK")
+    assert load_checkpoint(out)["step"] == 5
+    assert not (out / "checkpoints" / "step_00000099.pt").exists()
+    longer = [a if a != "5" else "6" for a in short]
+    assert train.main([*longer, "--out", str(out), "--resume"]) == 0
+    assert not list((out / "checkpoints").glob(".*.tmp"))
+    assert load_checkpoint(out)["step"] == 6
+
+
 def test_keeps_the_newest_checkpoints(tmp_path):
     for step in range(1, 6):
         save_checkpoint(tmp_path, step, _state(step), keep=2)
