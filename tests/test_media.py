@@ -20,11 +20,11 @@ def tone(rate: int = RATE, seconds: float = 0.25, hz: float = 440.0) -> np.ndarr
 
 
 def pcm24(path, samples: np.ndarray, rate: int) -> None:
-    """A 24-bit PCM WAV (scipy cannot write them; the stdlib writes whatever bytes it is given)."""
+    """A 24-bit PCM WAV of samples [T] or [T, channels] (scipy cannot write them; the stdlib writes the bytes)."""
     ints = np.round(samples * (2**23 - 1)).astype("<i4")
     raw = np.frombuffer(ints.tobytes(), dtype=np.uint8).reshape(-1, 4)[:, :3].tobytes()
     with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
+        w.setnchannels(1 if samples.ndim == 1 else samples.shape[1])
         w.setsampwidth(3)
         w.setframerate(rate)
         w.writeframes(raw)
@@ -80,14 +80,7 @@ def test_generate_takes_a_24_bit_stereo_wav_at_another_rate(tiny_run, tmp_path, 
     from fastmmgan.cli import run_cli
 
     clip = tmp_path / "clip.wav"
-    stereo = np.stack([tone(), tone()], axis=1)
-    ints = np.round(stereo * (2**23 - 1)).astype("<i4")
-    raw = np.frombuffer(ints.tobytes(), dtype=np.uint8).reshape(-1, 4)[:, :3].tobytes()
-    with wave.open(str(clip), "wb") as w:
-        w.setnchannels(2)
-        w.setsampwidth(3)
-        w.setframerate(RATE)
-        w.writeframes(raw)
+    pcm24(clip, np.stack([tone(), tone()], axis=1), RATE)
     out = tmp_path / "out"
     assert generate.main([str(tiny_run), "--n", "2", "--given", f"audio={clip}", "--out", str(out)]) == 0
     assert {p.name for p in out.iterdir()} == {"image.png", "text.txt", "audio.wav"}
