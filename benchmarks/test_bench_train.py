@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 import pytest
 import torch
 
-from fastmmgan.bench import CONFIGS, HandwrittenGAN, build_models, default_batches, gemm_flops, make_steps
+from fastmmgan.bench import CONFIGS, HandwrittenGAN, build_models, default_batches, gemm_flops, handwritten_peers, make_steps
 from fastmmgan.bench import assert_steps_match as check
 from fastmmgan.step import CompiledStep, ReferenceStep, StepInputs
 from fastmmgan.trainer import draw_step_inputs
@@ -55,11 +55,7 @@ def case(name: str, batch: int) -> Case:
         ds = bc.data(batch)
         models = build_models(ds, cfg, DEVICE)
         twin = models.copy(cfg)
-        try:
-            peers = {"hand-written": HandwrittenGAN(models.copy(cfg), cfg),
-                     "hand-written-compiled": HandwrittenGAN(models.copy(cfg), cfg, compile_modules=True)}
-        except ValueError:
-            peers = {}
+        peers = handwritten_peers(models, cfg)
         ref, fast = make_steps(models, twin, cfg, device=DEVICE)
         inputs = [draw_step_inputs(ds, i, cfg).to(DEVICE) for i in range(8)]
         check(ref, fast, models, twin, inputs[:3])

@@ -9,6 +9,7 @@ import math
 import random
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -234,9 +235,11 @@ class Trainer:
         try:
             while self.step < cfg.steps:
                 batch = draw_step_inputs(self.train_ds, self.step, cfg, self.dist.rank, self.dist.world)
-                out = self._first_step_call(batch) if self.step == self._first_step else self.step_fn(batch.to(self.device))
                 if self.step == self._first_step:
+                    out = self._first_step_call(batch)
                     self._log_first_step(log)
+                else:
+                    out = self.step_fn(batch.to(self.device))
                 self.step += 1
                 n_window += 1
                 bad = out.get("skipped", torch.zeros((), device=self.device)).detach()
@@ -280,8 +283,7 @@ class Trainer:
         before = _kernel_launches()
         try:
             out = self.step_fn(batch.to(self.device))
-            after = _kernel_launches()
-            self._first_launches = {k: n - before.get(k, 0) for k, n in after.items() if n > before.get(k, 0)}
+            self._first_launches = dict(_kernel_launches() - before)
             return out
         except Exception as e:
             if kernels_mode_now() != "triton" or self.device.type != "cpu":
@@ -362,10 +364,10 @@ class RunLog:
             self.writer.close()
 
 
-def _kernel_launches() -> dict[str, int]:
+def _kernel_launches() -> Counter[str]:
     """Triton kernel launches so far in this process, per kernel (empty when the kernels were never imported)."""
     kernels = sys.modules.get("fastmmgan.kernels.fused_dense")
-    return dict(kernels.launches) if kernels is not None else {}
+    return Counter(kernels.launches) if kernels is not None else Counter()
 
 
 def remove_stale_temp_files(out: Path) -> None:
