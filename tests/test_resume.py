@@ -25,16 +25,11 @@ def _train_process(out: Path, *extra: str, compile_flag: str = "--no-compile") -
     return subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120.0, pattern: str | None = None) -> None:
-    """Until ``path`` exists (or, with ``pattern``, anything in ``path`` matching it) while ``proc`` runs."""
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
-
-    def there() -> bool:
-        return any(path.glob(pattern)) if pattern else path.exists()
-
-    while not there():
+    while not path.exists():
         assert proc.poll() is None, f"training exited early: {proc.stderr.read()}"
-        assert time.monotonic() < deadline, f"{path / (pattern or '')} did not appear"
+        assert time.monotonic() < deadline, f"{path} did not appear"
         time.sleep(0.01)
 
 
@@ -44,8 +39,9 @@ def test_sigkill_then_resume_is_bitwise_identical_to_a_straight_run(tmp_path, co
     eager step and on the default compiled one (which recompiles in the resumed process)."""
     straight = _train_process(tmp_path / "straight", compile_flag=compile_flag)
     killed = _train_process(tmp_path / "killed", compile_flag=compile_flag)
-    # Any checkpoint will do: a specific one can come and go (only the newest two are kept) between two polls.
-    _wait_for(tmp_path / "killed" / "checkpoints", killed, pattern="step_*.pt")
+    # last.pt, once it exists, always names a complete checkpoint; a step file can appear before last.pt
+    # points at it, and a specific one can be rotated away (only the newest two are kept) between polls.
+    _wait_for(tmp_path / "killed" / "checkpoints" / "last.pt", killed)
     killed.send_signal(signal.SIGKILL)
     killed.wait()
     assert straight.wait(timeout=300) == 0, straight.stderr.read()
