@@ -34,7 +34,7 @@ import torch
 
 from fastmmgan.errors import FastMMGANError
 from fastmmgan.modalities import ModalitySpec
-from fastmmgan.sampler import decode_outputs, draw_noise, encode_conditions
+from fastmmgan.sampler import decode_outputs, draw_noise, encode_conditions, wanted_modalities
 
 from .metadata import GeneratorMetadata, io_names
 
@@ -222,10 +222,18 @@ class OnnxGenerator:
         out = self.run(z.numpy(), [x.numpy() for x in xs], mask.float().numpy())
         return [torch.from_numpy(o) for o in out], raw
 
-    def sample(self, n: int, given: Mapping[str, Any] | None = None, seed: int | None = None) -> dict[str, Any]:
-        """n samples of every modality, exactly as :meth:`fastmmgan.Sampler.sample` returns them."""
+    def sample(
+        self,
+        n: int,
+        given: Mapping[str, Any] | None = None,
+        seed: int | None = None,
+        modalities: str | Sequence[str] | None = None,
+    ) -> dict[str, Any]:
+        """n samples of every modality (or of those named in ``modalities``), exactly as
+        :meth:`fastmmgan.Sampler.sample` returns them."""
+        wanted_modalities(self.modalities, modalities)
         feats, raw = self.sample_features(n, given, seed)
-        return decode_outputs(self.modalities, feats, raw)
+        return decode_outputs(self.modalities, feats, raw, modalities)
 
     def __repr__(self) -> str:
         names = ", ".join(s.name for s in self.modalities)

@@ -57,9 +57,11 @@ def _load_condition(spec: ModalitySpec, path: Path) -> np.ndarray:
 
 
 def write_outputs(sampler: Sampler, result: dict[str, Any], out: Path) -> list[Path]:
-    """One file per modality: ``<name>.png`` grid, ``<name>.wav`` (clips separated by silence), ``<name>.txt``."""
+    """One file per modality in ``result``: ``<name>.png`` grid, ``<name>.wav`` (clips separated by silence), ``<name>.txt``."""
     written = []
     for spec in sampler.modalities:
+        if spec.name not in result:
+            continue
         data = result[spec.name]
         if spec.kind == "image":
             written.append(save_png(out / f"{spec.name}.png", image_grid(data)))
@@ -79,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--given", action="append", default=[], metavar="NAME=VALUE",
                    help="a condition, repeatable: text=\"seven\", image=digit.png, audio=tone.wav")
     p.add_argument("--seed", type=int, default=None, help="noise seed (same seed, same output)")
+    p.add_argument("--modality", action="append", default=None, metavar="NAME",
+                   help="write only this modality, repeatable (default: all; decoding audio is the slow part)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--out", default="samples", help="output directory")
     return p
@@ -88,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     sampler = load_generator(args.model, device=args.device)
     given = parse_given(args.given, sampler.modalities)
-    result = sampler.sample(args.n, given=given, seed=args.seed)
+    result = sampler.sample(args.n, given=given, seed=args.seed, modalities=args.modality)
     for path in write_outputs(sampler, result, Path(args.out)):
         print(path)
     return 0

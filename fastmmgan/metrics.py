@@ -309,7 +309,7 @@ def _array_feature_fn(source: Any) -> FeatureFn:
 
 
 def _raw_feature_fn(source: Any) -> FeatureFn:
-    """Sources that only take raw conditions: conditions are decoded from test features (audio by Griffin-Lim,
+    """Sources that only take raw conditions: conditions are decoded from test features (audio by fast Griffin-Lim,
     so slightly lossy) and raw outputs, when that is all there is, encoded back into features."""
     specs = tuple(source.modalities)
 

@@ -83,11 +83,33 @@ def encode_conditions(
     return xs, mask, raw
 
 
+def wanted_modalities(specs: Sequence[ModalitySpec], modalities: str | Sequence[str] | None) -> list[ModalitySpec]:
+    """The specs a caller asks for, in the model's order (all of them for None); unknown names are an error."""
+    if modalities is None:
+        return list(specs)
+    names = [modalities] if isinstance(modalities, str) else list(modalities)
+    known = [s.name for s in specs]
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        problem = f"unknown modality {unknown[0]!r}" if unknown else "no modality asked for"
+        raise FastMMGANError(f"{problem} (this model has: {', '.join(known)})")
+    return [s for s in specs if s.name in names]
+
+
 def decode_outputs(
-    specs: Sequence[ModalitySpec], features: Sequence[torch.Tensor], given_raw: Mapping[str, Any]
+    specs: Sequence[ModalitySpec],
+    features: Sequence[torch.Tensor],
+    given_raw: Mapping[str, Any],
+    modalities: str | Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Generated features -> raw forms; given modalities come back as given."""
-    return {s.name: given_raw[s.name] if s.name in given_raw else s.decode(f) for s, f in zip(specs, features)}
+    """Generated features -> raw forms of the modalities asked for (all by default), in the model's order;
+    given modalities come back as given. Decoding is most of a sample's cost (audio above all), so modalities
+    nobody asked for are not decoded."""
+    index = {s.name: i for i, s in enumerate(specs)}
+    return {
+        s.name: given_raw[s.name] if s.name in given_raw else s.decode(features[index[s.name]])
+        for s in wanted_modalities(specs, modalities)
+    }
 
 
 class Sampler:
@@ -112,11 +134,19 @@ class Sampler:
         out = self.generator(z.to(dev), [x.to(dev) for x in xs], mask.to(dev))
         return [o.float().cpu() for o in out], raw
 
-    def sample(self, n: int, given: Mapping[str, Any] | None = None, seed: int | None = None) -> dict[str, Any]:
-        """n samples of every modality: images [n,H,W] float32 in [0,1], audio [n,T] float32 in [-1,1],
-        text a list of n strings. ``given`` maps modality names to raw conditions; same seed, same output."""
+    def sample(
+        self,
+        n: int,
+        given: Mapping[str, Any] | None = None,
+        seed: int | None = None,
+        modalities: str | Sequence[str] | None = None,
+    ) -> dict[str, Any]:
+        """n samples of every modality (or of those named in ``modalities``): images [n,H,W] float32 in [0,1],
+        audio [n,T] float32 in [-1,1], text a list of n strings. ``given`` maps modality names to raw
+        conditions; same seed, same output."""
+        wanted_modalities(self.modalities, modalities)  # a bad name fails before the generator runs
         feats, raw = self.sample_features(n, given, seed)
-        return decode_outputs(self.modalities, feats, raw)
+        return decode_outputs(self.modalities, feats, raw, modalities)
 
 
 def generator_from_state(state: Mapping[str, Any], key: str = "ema") -> Generator:

@@ -40,7 +40,7 @@ def pytest_runtest_makereport(item, call):
 
 @pytest.fixture(scope="module")
 def one_torch_thread():
-    """Audio decoding is hundreds of small torch calls; on a busy shared CPU a second thread makes each wait."""
+    """Sampling runs many small calls; on a busy CPU a second thread makes each of them wait for the other."""
     old = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
