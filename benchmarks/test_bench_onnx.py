@@ -22,6 +22,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from summary import print_summary
 
 from fastmmgan.checkpoint import load_checkpoint
 from fastmmgan.config import TrainConfig
@@ -52,21 +53,16 @@ def engines(tmp_path_factory, request):
 
 
 def _print_ratios(config: pytest.Config) -> None:
-    """The median ratios, written past pytest's output capture (teardown output is otherwise dropped)."""
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
-    capture = config.pluginmanager.get_plugin("capturemanager")
-    if reporter is None or capture is None:
-        return
-    with capture.global_and_fixture_disabled():
-        policy = os.environ.get("OMP_WAIT_POLICY", "unset")
-        reporter.write_line(f"\nORT vs PyTorch eager, {THREADS} thread(s), OMP_WAIT_POLICY={policy}, medians:")
-        for batch in BATCHES:
-            t_torch, t_ort = MEDIANS.get((batch, "torch")), MEDIANS.get((batch, "ort"))
-            if t_torch and t_ort:
-                reporter.write_line(
-                    f"  batch {batch:>4}: torch {t_torch * 1e3:8.3f} ms, ort {t_ort * 1e3:8.3f} ms, "
-                    f"ORT {t_torch / t_ort:5.2f}x faster (target >= {TARGETS[batch]:g}x)"
-                )
+    policy = os.environ.get("OMP_WAIT_POLICY", "unset")
+    lines = [f"ORT vs PyTorch eager, {THREADS} thread(s), OMP_WAIT_POLICY={policy}, medians:"]
+    for batch in BATCHES:
+        t_torch, t_ort = MEDIANS.get((batch, "torch")), MEDIANS.get((batch, "ort"))
+        if t_torch and t_ort:
+            lines.append(
+                f"  batch {batch:>4}: torch {t_torch * 1e3:8.3f} ms, ort {t_ort * 1e3:8.3f} ms, "
+                f"ORT {t_torch / t_ort:5.2f}x faster (target >= {TARGETS[batch]:g}x)"
+            )
+    print_summary(config, lines)
 
 
 @pytest.mark.parametrize("engine", ["torch", "ort"])

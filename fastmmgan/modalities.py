@@ -163,13 +163,17 @@ def _encode_audio(spec: ModalitySpec, raw: Any) -> torch.Tensor:
     return feats.transpose(1, 2).reshape(len(arr), spec.dim)
 
 
-def _decode_audio(spec: ModalitySpec, features: torch.Tensor) -> np.ndarray:
-    """Features -> waveforms [n, clip_samples] float32 in [-1, 1] by fast Griffin-Lim (see :mod:`.griffin_lim`)."""
+def audio_magnitude(spec: ModalitySpec, features: torch.Tensor) -> np.ndarray:
+    """Audio features [n, dim] -> the spectrogram magnitudes they describe, [n, frames, bins] float32."""
     feats = features.detach().float().cpu().clamp(0, 1).reshape(-1, spec.frames, spec.bins).numpy()
     # Features fade to silence linearly below _AUDIO_SILENCE_RAMP, so the magnitude is a continuous function of
     # them: a hard "0 is silent, anything above is the floor's magnitude" turns 1e-13 vs 0 into a jump of ~1.
     fade = np.clip(feats / _AUDIO_SILENCE_RAMP, 0.0, 1.0)
-    magnitude = (np.expm1(feats * _AUDIO_LOG_SCALE + _AUDIO_LOG_FLOOR) * fade).astype(np.float32)
-    wave = griffin_lim(magnitude, stft_pair(spec.n_fft, spec.hop, spec.clip_samples))
+    return (np.expm1(feats * _AUDIO_LOG_SCALE + _AUDIO_LOG_FLOOR) * fade).astype(np.float32)
+
+
+def _decode_audio(spec: ModalitySpec, features: torch.Tensor) -> np.ndarray:
+    """Features -> waveforms [n, clip_samples] float32 in [-1, 1] by fast Griffin-Lim (see :mod:`.griffin_lim`)."""
+    wave = griffin_lim(audio_magnitude(spec, features), stft_pair(spec.n_fft, spec.hop, spec.clip_samples))
     peak = np.maximum(np.abs(wave).max(axis=1, keepdims=True), 1.0)
     return (wave / peak).astype(np.float32)

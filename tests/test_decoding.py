@@ -12,7 +12,7 @@ from fastmmgan.errors import FastMMGANError
 from fastmmgan.export import OnnxGenerator, export_generator
 from fastmmgan.generate import main as generate_main
 from fastmmgan.griffin_lim import griffin_lim, spectral_convergence, stft_pair
-from fastmmgan.modalities import ModalitySpec
+from fastmmgan.modalities import audio_magnitude
 from fastmmgan.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -24,14 +24,6 @@ def digits_audio():
     ds = load_digits_dataset()
     m = ds.names.index("audio")
     return ds.specs[m], ds.features[m][:48]
-
-
-def _magnitude(spec: ModalitySpec, feats: torch.Tensor) -> np.ndarray:
-    """The magnitudes the decoder aims for (the same fade to silence as the decoder's)."""
-    from fastmmgan.modalities import _AUDIO_LOG_FLOOR, _AUDIO_LOG_SCALE, _AUDIO_SILENCE_RAMP
-
-    f = feats.reshape(-1, spec.frames, spec.bins).numpy()
-    return (np.expm1(f * _AUDIO_LOG_SCALE + _AUDIO_LOG_FLOOR) * np.clip(f / _AUDIO_SILENCE_RAMP, 0, 1)).astype(np.float32)
 
 
 @pytest.mark.parametrize("n_fft, hop, length", [(256, 128, 1024), (64, 32, 1000), (32, 12, 301)])
@@ -84,7 +76,7 @@ def _classic_griffin_lim(magnitude: np.ndarray, pair, iterations: int) -> np.nda
 def test_fast_griffin_lim_matches_32_classic_iterations(digits_audio):
     spec, feats = digits_audio
     pair = stft_pair(spec.n_fft, spec.hop, spec.clip_samples)
-    magnitude = _magnitude(spec, feats)
+    magnitude = audio_magnitude(spec, feats)
     fast = spectral_convergence(griffin_lim(magnitude, pair), magnitude, pair)
     classic = spectral_convergence(_classic_griffin_lim(magnitude, pair, 32), magnitude, pair)
     assert fast <= 1.02 * classic, (fast, classic)
