@@ -31,6 +31,15 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = f"unexpected skip on CI (only '{NEEDS_CUDA}' skips are allowed): {reason}"
 
 
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Count and name the GPU-only skips, so a run without a GPU says exactly what it did not check."""
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if NEEDS_CUDA in str(r.longrepr)]
+    if skipped:
+        terminalreporter.write_line(f"{len(skipped)} test(s) skipped because they {NEEDS_CUDA}:")
+        for report in skipped:
+            terminalreporter.write_line(f"  {report.nodeid}")
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Sampling runs many small calls; on a busy CPU a second thread makes each of them wait for the other."""

@@ -37,6 +37,7 @@ from fastmmgan.modalities import ModalitySpec
 from fastmmgan.sampler import decode_outputs, draw_noise, encode_conditions, wanted_modalities
 
 from .metadata import GeneratorMetadata, io_names
+from .specialise import specialise
 
 log = logging.getLogger("fastmmgan.export")
 
@@ -130,6 +131,13 @@ def _create_session(
         raise FastMMGANError(f"{label} is not a loadable ONNX model (corrupt or truncated?): {problem}") from None
 
 
+def _metadata_props(session: ort.InferenceSession, label: str) -> dict[str, str]:
+    try:
+        return dict(session.get_modelmeta().custom_metadata_map)
+    except UnicodeDecodeError:  # ONNX Runtime decodes the strings as UTF-8 on the way to Python
+        raise FastMMGANError(f"{label}: damaged fastmmgan metadata (not UTF-8 text)") from None
+
+
 class OnnxGenerator:
     """An exported generator in an ONNX Runtime session, with the :class:`fastmmgan.Sampler` interface.
 
@@ -148,8 +156,10 @@ class OnnxGenerator:
         source, self.source = _load_model_source(model)
         kind, self.device_id = parse_device(device)
         options = session_options(intra_op_threads, allow_spinning)
+        self._model_source, self._options = source, options
         self.session = _create_session(source, self.source, options, _providers(kind, self.device_id))
-        self.metadata = GeneratorMetadata.from_props(self.session.get_modelmeta().custom_metadata_map, self.source)
+        self._specialised: dict[tuple[tuple[str, ...], tuple[str, ...]], ort.InferenceSession | None] = {}
+        self.metadata = GeneratorMetadata.from_props(_metadata_props(self.session, self.source), self.source)
         self.input_names, self.output_names = io_names(self.metadata.specs)
         self._widths = [self.z_dim, *(s.dim for s in self.modalities), len(self.modalities)]
         self._check_signature()
@@ -230,10 +240,68 @@ class OnnxGenerator:
         modalities: str | Sequence[str] | None = None,
     ) -> dict[str, Any]:
         """n samples of every modality (or of those named in ``modalities``), exactly as
-        :meth:`fastmmgan.Sampler.sample` returns them."""
-        wanted_modalities(self.modalities, modalities)
-        feats, raw = self.sample_features(n, given, seed)
-        return decode_outputs(self.modalities, feats, raw, modalities)
+        :meth:`fastmmgan.Sampler.sample` returns them. Runs a session specialised to this call's given and
+        wanted modalities (see :mod:`fastmmgan.export.specialise`; built on first use of each pattern)."""
+        wanted = wanted_modalities(self.modalities, modalities)
+        xs, mask, raw = encode_conditions(self.modalities, n, given)
+        z = draw_noise(n, self.z_dim, seed).numpy()
+        needed = [s.name for s in wanted if s.name not in raw]
+        features: list[torch.Tensor | None] = [None] * len(self.modalities)
+        if needed:
+            names = [s.name for s in self.modalities]
+            for name, out in zip(needed, self._run_pattern(z, xs, tuple(raw), tuple(needed)), strict=True):
+                features[names.index(name)] = torch.from_numpy(out)
+        return decode_outputs(self.modalities, features, raw, modalities)
+
+    def _run_pattern(
+        self, z: np.ndarray, xs: Sequence[torch.Tensor], given: tuple[str, ...], needed: tuple[str, ...]
+    ) -> list[np.ndarray]:
+        """The ``needed`` outputs for rows that all give the modalities in ``given`` (others' features are zeros)."""
+        session = self._session_for(given, needed)
+        specs = self.modalities
+        if session is None:
+            mask = np.tile(np.array([[s.name in given for s in specs]], dtype=np.float32), (len(z), 1))
+            out = self.run(z, [x.numpy() for x in xs], mask)
+            return [out[[s.name for s in specs].index(name)] for name in needed]
+        z_name, *x_names, _ = self.input_names
+        feed = {z_name: z, **{x_names[m]: xs[m].numpy() for m, s in enumerate(specs) if s.name in given}}
+        by_modality = dict(zip((s.name for s in specs), self.output_names, strict=True))
+        return session.run([by_modality[name] for name in needed], feed)
+
+    def _session_for(self, given: tuple[str, ...], needed: tuple[str, ...]) -> ort.InferenceSession | None:
+        """The specialised session for this pattern, checked once against the full graph (None: use the full one)."""
+        key = (given, needed)
+        if key not in self._specialised:
+            self._specialised[key] = self._build_specialised(given, needed)
+        return self._specialised[key]
+
+    def _build_specialised(self, given: tuple[str, ...], needed: tuple[str, ...]) -> ort.InferenceSession | None:
+        import onnx
+
+        specs = self.modalities
+        by_modality = dict(zip((s.name for s in specs), self.output_names, strict=True))
+        z_name, *x_names, mask_name = self.input_names
+        constants = {x_names[m]: np.zeros((1, s.dim), np.float32) for m, s in enumerate(specs) if s.name not in given}
+        constants[mask_name] = np.array([[s.name in given for s in specs]], dtype=np.float32)
+        try:
+            model = onnx.load_from_string(self._model_source) if isinstance(self._model_source, bytes) \
+                else onnx.load(self._model_source)
+            small = specialise(model, constants, [by_modality[name] for name in needed])
+            session = ort.InferenceSession(small.SerializeToString(), self._options, providers=self.session.get_providers())
+        except Exception as e:  # noqa: BLE001 - any failure leaves the full graph in charge, which is always right
+            log.debug("no specialised session for given=%s wanted=%s: %s", given, needed, _first_line(e))
+            return None
+        # One check against the full graph before the session is trusted.
+        rng = np.random.default_rng(0)
+        z = rng.standard_normal((2, self.z_dim), dtype=np.float32)
+        xs = [rng.random((2, s.dim), dtype=np.float32) if s.name in given else np.zeros((2, s.dim), np.float32) for s in specs]
+        full = dict(zip((s.name for s in specs), self.run(z, xs, np.repeat(constants[mask_name], 2, axis=0)), strict=True))
+        feed = {z_name: z, **{x_names[m]: x for m, (s, x) in enumerate(zip(specs, xs, strict=True)) if s.name in given}}
+        got = session.run([by_modality[name] for name in needed], feed)
+        if not all(np.allclose(g, full[name], atol=1e-5, rtol=1e-4) for g, name in zip(got, needed, strict=True)):
+            log.warning("a specialised session disagreed with the full graph; sampling uses the full graph")
+            return None
+        return session
 
     def __repr__(self) -> str:
         names = ", ".join(s.name for s in self.modalities)

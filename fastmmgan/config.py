@@ -4,17 +4,38 @@ from __future__ import annotations
 
 import hashlib
 import json
+import types
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from .errors import FastMMGANError
 from .losses import check_loss
 
 ADDED_FIELDS: dict[str, Any] = {"z_components": 0, "r1_weight": 0.0, "mmd_weight": 0.0, "g_widths": None,
                                  "d_widths": None, "mbstd_group": 4}
+"""Fields added after the first release, with the values that reproduce runs saved without them."""
 PRECISIONS = ("auto", "bf16", "fp32")
 COMPILE_BACKENDS = ("inductor", "aot_eager")
-"""Fields added after the first release, with the values that reproduce runs saved without them."""
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether ``value`` (as JSON or the CLI gives it: lists for tuples, ints for floats) fits the type ``hint``."""
+    origin, args = get_origin(hint), get_args(hint)
+    if origin in (Union, types.UnionType):
+        return any(_matches(value, a) for a in args)
+    if origin is tuple:
+        if not isinstance(value, (tuple, list)):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_matches(v, args[0]) for v in value)
+        return len(value) == len(args) and all(_matches(v, a) for v, a in zip(value, args, strict=True))
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
 
 
 @dataclass
@@ -59,6 +80,13 @@ class TrainConfig:
     dist_timeout: float = 300.0
 
     def __post_init__(self) -> None:
+        hints = get_type_hints(type(self))
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not _matches(value, hints[f.name]):
+                hint = hints[f.name]
+                expected = hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
+                raise FastMMGANError(f"{f.name.replace('_', '-')}: expected {expected}, got {value!r:.60}")
         self.betas = tuple(self.betas)
         check_loss(self.loss)
         for name in ("g_widths", "d_widths"):
@@ -116,6 +144,8 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         """The config saved as ``d``; a field added since then takes the value that kept the old behaviour."""
+        if not isinstance(d, dict):
+            raise FastMMGANError(f"a run config must be a JSON object, got {type(d).__name__}")
         known = {f.name for f in fields(cls)}
         return cls(**{**ADDED_FIELDS, **{k: v for k, v in d.items() if k in known}})
 

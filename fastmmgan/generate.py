@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from .cli import run_cli
 from .errors import FastMMGANError
@@ -33,26 +33,33 @@ def parse_given(items: list[str], specs: tuple[ModalitySpec, ...]) -> dict[str, 
     return given
 
 
+def _reason(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def _load_condition(spec: ModalitySpec, path: Path) -> np.ndarray:
+    """A condition file as an array. Damaged files raise many unrelated exception types inside the readers
+    (numpy's header parser: SyntaxError, TokenError; PIL: SyntaxError, ValueError, DecompressionBombError;
+    scipy: ValueError, struct.error), so each reader's failure becomes one clear error here."""
     if not path.is_file():
         raise FastMMGANError(f"--given {spec.name}: file not found: {path}")
     if path.suffix == ".npy":
         try:
             return np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise FastMMGANError(f"--given {spec.name}: cannot read {path}: {e}") from None
+        except Exception as e:  # noqa: BLE001 - see the docstring
+            raise FastMMGANError(f"--given {spec.name}: cannot read {path} as .npy: {_reason(e)}") from None
     if spec.kind == "image":
         try:
             with Image.open(path) as img:
                 grey = img.convert("L").resize(spec.image_shape[::-1], Image.BILINEAR)
-        except (UnidentifiedImageError, OSError) as e:
-            raise FastMMGANError(f"--given {spec.name}: cannot read {path} as an image: {e}") from None
+        except Exception as e:  # noqa: BLE001 - see the docstring
+            raise FastMMGANError(f"--given {spec.name}: cannot read {path} as an image: {_reason(e)}") from None
         return np.asarray(grey, dtype=np.float32) / 255.0
     try:
         wave, _ = read_wav(path, sample_rate=spec.sample_rate)
-    except Exception as e:  # noqa: BLE001 - a malformed file can raise several unrelated types in the reader
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise FastMMGANError(f"--given {spec.name}: cannot read {path} as a WAV file: {reason}") from None
+    except Exception as e:  # noqa: BLE001 - see the docstring
+        raise FastMMGANError(f"--given {spec.name}: cannot read {path} as a WAV file: {_reason(e)}") from None
     return wave
 
 

@@ -9,6 +9,7 @@ Every modality's features live in [0, 1] so every generator head is a sigmoid:
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -48,6 +49,32 @@ class ModalitySpec:
         for attr in needs:
             if getattr(self, attr) is None:
                 raise FastMMGANError(f"modality {self.name!r} of kind {self.kind} needs {attr}")
+        self._check_values()
+
+    def _check_values(self) -> None:
+        """Types and ranges, so a damaged spec (a checkpoint's, an ONNX file's metadata) fails here, by name."""
+
+        def count(value: Any, low: int = 1, high: float = math.inf) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+        problems = []
+        if not isinstance(self.name, str) or not self.name:
+            problems.append("name must be a non-empty string")
+        if self.image_shape is not None and (len(self.image_shape) != 2 or not all(count(v) for v in self.image_shape)):
+            problems.append(f"image_shape must be two positive integers, got {self.image_shape!r:.40}")
+        if self.vocab is not None and not (self.vocab and all(isinstance(w, str) and w for w in self.vocab)):
+            problems.append("vocab must be a non-empty list of non-empty words")
+        for attr in ("sample_rate", "clip_samples"):
+            if getattr(self, attr) is not None and not count(getattr(self, attr)):
+                problems.append(f"{attr} must be a positive integer, got {getattr(self, attr)!r:.40}")
+        if not count(self.n_fft, 2) or not count(self.hop, 1, self.n_fft if count(self.n_fft) else 1):
+            problems.append(f"n_fft must be an integer >= 2 and hop one in 1..n_fft, got {self.n_fft!r:.20}, {self.hop!r:.20}")
+        elif self.n_bins is not None and not count(self.n_bins, 1, self.n_fft // 2 + 1):
+            problems.append(f"n_bins must be in 1..{self.n_fft // 2 + 1}, got {self.n_bins!r:.20}")
+        elif self.kind == "audio" and count(self.clip_samples) and self.clip_samples <= self.n_fft // 2:
+            problems.append(f"clip_samples ({self.clip_samples}) must exceed n_fft / 2 ({self.n_fft // 2})")
+        if problems:
+            raise FastMMGANError(f"modality {self.name!r:.40}: {'; '.join(problems)}")
 
     @property
     def frames(self) -> int:
@@ -73,11 +100,19 @@ class ModalitySpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModalitySpec:
+        """The spec saved as ``d`` (by :meth:`to_dict`); a clear error when ``d`` does not describe one."""
+        if not isinstance(d, dict):
+            raise FastMMGANError(f"a modality spec must be a JSON object, got {type(d).__name__}")
         d = dict(d)
         for key in ("image_shape", "vocab"):
-            if key in d and d[key] is not None:
+            if d.get(key) is not None:
+                if not isinstance(d[key], (list, tuple)):
+                    raise FastMMGANError(f"modality {d.get('name')!r:.40}: {key} must be a list, got {d[key]!r:.40}")
                 d[key] = tuple(d[key])
-        return cls(**d)
+        try:
+            return cls(**d)
+        except TypeError as e:  # missing or unknown fields
+            raise FastMMGANError(f"not a modality spec: {e}") from None
 
     def encode(self, raw: Any) -> torch.Tensor:
         """Raw data for n samples -> features [n, dim] float32 in [0, 1]."""

@@ -150,14 +150,25 @@ class Sampler:
 
 
 def generator_from_state(state: Mapping[str, Any], key: str = "ema") -> Generator:
-    """Rebuild the generator a checkpoint describes and load its weights (EMA by default)."""
-    cfg = TrainConfig.from_dict(state["config"])
-    specs = [ModalitySpec.from_dict(d) for d in state["specs"]]
-    gen = Generator.from_config(specs, cfg)
-    gen.load_state_dict(state[key])
+    """Rebuild the generator a checkpoint describes and load its weights (EMA by default); a clear error
+    when the checkpoint's config, specs or weights are damaged or do not fit together."""
+    try:
+        cfg = TrainConfig.from_dict(state["config"])
+        specs = [ModalitySpec.from_dict(d) for d in state["specs"]]
+        gen = Generator.from_config(specs, cfg)
+        gen.load_state_dict(state[key])
+    except (KeyError, TypeError, RuntimeError, ValueError) as e:  # FastMMGANError is a ValueError: kept as is
+        if isinstance(e, FastMMGANError):
+            raise
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise FastMMGANError(f"damaged checkpoint ({type(e).__name__}: {reason})") from None
     return gen
 
 
 def load_generator(path: str | Path, device: str = "cpu") -> Sampler:
     """A sampler from a run directory or checkpoint file (uses the EMA generator)."""
-    return Sampler(generator_from_state(load_checkpoint(path)), device)
+    state = load_checkpoint(path)
+    try:
+        return Sampler(generator_from_state(state), device)
+    except FastMMGANError as e:
+        raise FastMMGANError(f"{path}: {e}") from None
