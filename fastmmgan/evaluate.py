@@ -45,9 +45,8 @@ def load_model(path: Path, run: Path | None) -> tuple[Any, TrainConfig, list[dic
     state = load_checkpoint(path)
     try:
         generator, cfg = generator_from_state(state), TrainConfig.from_dict(state["config"])
-    except (KeyError, RuntimeError, TypeError) as e:
-        problem = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise FastMMGANError(f"{path}: checkpoint does not describe a loadable generator: {problem}") from None
+    except FastMMGANError as e:
+        raise FastMMGANError(f"{path}: {e}") from None
     return generator, cfg, state["specs"], _run_dir(resolve_checkpoint(path)), state.get("step")
 
 

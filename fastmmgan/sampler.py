@@ -160,8 +160,10 @@ def generator_from_state(state: Mapping[str, Any], key: str = "ema") -> Generato
     except (KeyError, TypeError, RuntimeError, ValueError) as e:  # FastMMGANError is a ValueError: kept as is
         if isinstance(e, FastMMGANError):
             raise
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise FastMMGANError(f"damaged checkpoint ({type(e).__name__}: {reason})") from None
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        # load_state_dict's first line is a heading ("Error(s) in loading state_dict ...:"); the next says what.
+        reason = next((line for line in lines if not line.endswith(":")), lines[0] if lines else type(e).__name__)
+        raise FastMMGANError(f"checkpoint does not describe a loadable generator: {reason}") from None
     return gen
 
 
