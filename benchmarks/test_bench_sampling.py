@@ -10,11 +10,15 @@ Timed calls are the public API from raw conditions to decoded outputs:
 - ``sample(n, {"text": ["seven"] * n}, seed=0, modalities=["image"])`` at n = 1 and 32 (image only: no audio
   decode), and the same for every modality;
 - ``ModalitySpec.decode`` of digits audio features, 64 clips at once and one clip.
-The summary prints each engine's median, ORT's speed-up and the audio decode time per clip, beside the targets
-(image only: >= 3x at batch 1, >= 1.5x at batch 32; audio: <= 1 ms per clip batched).
+The image-only ratios against the targets (>= 3x at batch 1, >= 1.5x at batch 32) come from interleaved
+rounds (one PyTorch call, then one ONNX Runtime call, repeated), so drift in the machine's speed hits both
+alike; the summary prints them with each engine's median, the separately timed cases and the audio decode
+time per clip (target <= 1 ms batched).
 """
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 import pytest
@@ -50,13 +54,17 @@ def engines(tmp_path_factory, request):
 
 def _print(config: pytest.Config) -> None:
     lines = ["Sampling end to end, one thread, medians:"]
+    for batch in BATCHES:
+        if ("interleaved", batch) in MEDIANS:
+            t_torch, t_ort = MEDIANS[("interleaved", batch)]
+            lines.append(f"  image batch {batch:>2}, interleaved: torch {t_torch * 1e3:7.3f} ms, ort {t_ort * 1e3:7.3f} ms, "
+                         f"ORT {t_torch / t_ort:5.2f}x faster (target >= {TARGETS[batch]:g}x)")
     for modalities in ("image", "all"):
         for batch in BATCHES:
             t_torch, t_ort = MEDIANS.get((modalities, batch, "torch")), MEDIANS.get((modalities, batch, "ort"))
             if t_torch and t_ort:
-                target = f" (target >= {TARGETS[batch]:g}x)" if modalities == "image" else ""
                 lines.append(f"  {modalities:>5} batch {batch:>2}: torch {t_torch * 1e3:7.3f} ms, ort {t_ort * 1e3:7.3f} ms, "
-                             f"ORT {t_torch / t_ort:5.2f}x faster{target}")
+                             f"ORT {t_torch / t_ort:5.2f}x faster")
     for clips in (64, 1):
         t = MEDIANS.get(("audio decode", clips))
         if t:
@@ -85,6 +93,27 @@ def test_sample(benchmark, engines, modalities, batch, engine):
     benchmark(source.sample, batch, given, seed=0, modalities=wanted)
     if benchmark.stats is not None:
         MEDIANS[(modalities, batch, engine)] = benchmark.stats.stats.median
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+def test_sample_image_interleaved(benchmark, engines, batch):
+    """One PyTorch call, then one ONNX Runtime call, per round: each engine's median from the same rounds."""
+    sampler, onnx_gen = engines
+    given = {"text": ["seven"] * batch}
+    np.testing.assert_allclose(onnx_gen.sample(batch, given, seed=0, modalities="image")["image"],
+                               sampler.sample(batch, given, seed=0, modalities="image")["image"], atol=1e-5)
+    times: dict[str, list[float]] = {"torch": [], "ort": []}
+
+    def one_round() -> None:
+        for name, source in (("torch", sampler), ("ort", onnx_gen)):
+            start = time.perf_counter()
+            source.sample(batch, given, seed=0, modalities="image")
+            times[name].append(time.perf_counter() - start)
+
+    benchmark.group = f"sample image batch {batch}, interleaved pair"
+    benchmark.pedantic(one_round, rounds=400 if batch == 1 else 100, warmup_rounds=20)
+    if benchmark.stats is not None:
+        MEDIANS[("interleaved", batch)] = (float(np.median(times["torch"])), float(np.median(times["ort"])))
 
 
 @pytest.mark.parametrize("clips", [64, 1])

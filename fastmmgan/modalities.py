@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -157,22 +158,29 @@ def tokenize(text: str) -> list[str]:
     return _TOKEN.findall(text.lower())
 
 
+@lru_cache(maxsize=64)
+def _vocab_index(vocab: tuple[str, ...]) -> dict[str, int]:
+    return {word: i for i, word in enumerate(vocab)}
+
+
 def _encode_text(spec: ModalitySpec, raw: Any) -> torch.Tensor:
     if isinstance(raw, str):
         raw = [raw]
     texts = list(raw)
     if not all(isinstance(t, str) for t in texts):
         raise FastMMGANError(f"modality {spec.name!r}: expected a list of strings")
-    index = {word: i for i, word in enumerate(spec.vocab)}
-    out = torch.zeros(len(texts), len(spec.vocab))
-    for row, text in enumerate(texts):
+    index = _vocab_index(spec.vocab)
+    columns: dict[str, list[int]] = {}
+    for text in dict.fromkeys(texts):  # captions repeat across a batch: tokenize each once
         words = tokenize(text)
         unknown = sorted({w for w in words if w not in index})
         if unknown:
             raise FastMMGANError(f"modality {spec.name!r}: words not in the vocabulary: {', '.join(unknown)}")
-        for word in words:
-            out[row, index[word]] = 1.0
-    return out
+        columns[text] = [index[w] for w in words]
+    out = np.zeros((len(texts), len(spec.vocab)), dtype=np.float32)
+    for row, text in enumerate(texts):
+        out[row, columns[text]] = 1.0
+    return torch.from_numpy(out)
 
 
 def _decode_text(spec: ModalitySpec, features: torch.Tensor) -> list[str]:
