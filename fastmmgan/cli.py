@@ -10,7 +10,7 @@ from .errors import FastMMGANError
 
 def run_cli(main: Callable[[], int | None]) -> None:
     """Run ``main``; a :class:`FastMMGANError` (or a refused file) becomes ``error: ...`` and exit 2
-    (3 when training diverged)."""
+    (3 when training diverged, 4 when another torchrun process stopped answering)."""
     try:
         code = main()
     except FastMMGANError as e:

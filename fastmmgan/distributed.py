@@ -7,6 +7,7 @@ trains on its own contiguous slice, so N processes follow the same trajectory as
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -77,15 +78,54 @@ def shutdown(info: DistInfo) -> None:
         dist.destroy_process_group()
 
 
+def in_process_group() -> bool:
+    """Whether this process is one of several in an initialised process group."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _gather_autograd():
+    from torch.distributed import _functional_collectives as funcol
+
+    # The name changed in torch 2.13 (the old one warns there); both trace under dynamo.
+    return getattr(funcol, "all_gather_single_autograd", None) or funcol.all_gather_tensor_autograd
+
+
 def gather_rows(x: torch.Tensor) -> torch.Tensor:
     """Every process's rows of ``x`` [b, ...] in rank order [world * b, ...], differentiable (the backward sends
     each process the gradient of its own rows, summed over processes); ``x`` itself outside torchrun.
 
     For batch-level terms that are not a mean over rows (the MMD): computed on the gathered global batch,
-    every process gets the one-process loss, and DDP's gradient averaging then gives the one-process gradient.
+    every process gets the one-process loss, and averaging the gradients then gives the one-process gradient.
+    A functional collective, so the compiled step traces it into its graph; eager DDP runs it as is.
     """
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not in_process_group():
         return x
-    from torch.distributed.nn.functional import all_gather
+    return _gather_autograd()(x, 0, dist.group.WORLD)
 
-    return torch.cat(all_gather(x))
+
+def average_grads(grads: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Gradients averaged over every process (one all-reduce of them flattened into one buffer, as DDP's
+    buckets do); the gradients themselves outside torchrun. A functional collective: inside the compiled
+    step it becomes part of the graph, where DDP's gradient hooks would never fire."""
+    grads = list(grads)
+    if not in_process_group():
+        return grads
+    from torch.distributed import _functional_collectives as funcol
+
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    total = funcol.all_reduce(flat, "sum", dist.group.WORLD) / dist.get_world_size()
+    out, start = [], 0
+    for g in grads:
+        out.append(total[start : start + g.numel()].view_as(g))
+        start += g.numel()
+    return out
+
+
+def broadcast_from_rank0(tensors: Sequence[torch.Tensor]) -> None:
+    """Overwrite ``tensors`` (parameters, buffers, optimizer state) on every process with rank 0's, as DDP does at
+    construction, so processes that update identically stay identical."""
+    if not in_process_group():
+        return
+    with torch.no_grad():
+        for t in tensors:
+            dist.broadcast(t, src=0)

@@ -13,3 +13,9 @@ class TrainingDiverged(FastMMGANError):
     """Training stopped after too many non-finite steps in a row; the last good checkpoint is intact."""
 
     exit_code = 3
+
+
+class PeerLost(FastMMGANError):
+    """Under torchrun, a collective did not complete in time: another process hung or died."""
+
+    exit_code = 4

@@ -24,7 +24,7 @@ from torch import nn
 from torch.func import functional_call
 
 from .config import COMPILE_BACKENDS, PRECISIONS, TrainConfig
-from .distributed import gather_rows
+from .distributed import average_grads, gather_rows, in_process_group
 from .losses import discriminator_loss, diversity_loss, generator_loss, gradient_penalty, mmd_loss, r1_penalty
 from .models import Discriminator, Generator, compose_fake
 from .ops import kernels_mode_now, tf32_allowed
@@ -385,6 +385,11 @@ class CompiledStep:
     per step, seed-mnist at batch 64 on 2 CPU cores); anything else goes through the guards (and
     recompiles if it must).
 
+    Under torchrun the gradients are averaged over the processes inside the graph (:func:`average_grads`, one
+    traced all-reduce per update; the MMD's rows are gathered the same way), so N processes with the same
+    global batch follow one process's trajectory. Inductor's C++ wrapper and CUDA graphs are off there: the
+    C++ wrapper cannot call the collectives, and CUDA-graph capture of them is untested.
+
     Dynamo caches compiled code per code object, so every instance adds one entry to :meth:`_step`'s
     cache (guarded on the instance): a process that builds more than 8 instances (dynamo's recompile
     limit) should ``torch._dynamo.reset()`` between them, as ``python -m fastmmgan.bench`` does.
@@ -432,7 +437,7 @@ class CompiledStep:
 
             selfcheck.ensure(self.device, [compute_dtype])
         mode = None
-        if backend == "inductor" and options is None:
+        if backend == "inductor" and options is None and not in_process_group():
             mode, options = ("reduce-overhead", None) if self.cuda else (None, {"cpp_wrapper": True})
         self._compiled = torch.compile(
             self._step, fullgraph=True, dynamic=False, backend=backend, mode=mode, options=options
@@ -530,14 +535,14 @@ class CompiledStep:
             fake = [f.detach() for f in compose_fake(real, gen, given)]
             with amp():
                 loss_d = functional_call(self.d_objective, dict(zip(self.d_names, d_params)), (batch, fake)).float()
-            d_grads = list(torch.autograd.grad(loss_d, d_params))
+            d_grads = average_grads(torch.autograd.grad(loss_d, d_params))
         ok_d = all_finite(loss_d, d_grads)
         d_new, d_scalars = adam_update(d_params, d_grads, *d_opt, lr_d, self.hyper_d, ok_d)
 
         with torch.enable_grad():
             with amp():
                 loss_g = functional_call(self.g_objective, dict(zip(self.d_names, d_new)), (batch, gen)).float()
-            g_grads = list(torch.autograd.grad(loss_g, g_params))
+            g_grads = average_grads(torch.autograd.grad(loss_g, g_params))
         ok_g = all_finite(loss_g, g_grads)
         g_new, g_scalars = adam_update(g_params, g_grads, *g_opt, lr_g, self.hyper_g, ok_g)
 

@@ -11,7 +11,6 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +22,8 @@ from . import __version__
 from .checkpoint import CHECKPOINT_DIR, atomic_write_bytes, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import MultimodalDataset, load_dataset
-from .distributed import DistInfo, barrier, init_distributed
-from .errors import FastMMGANError, TrainingDiverged
+from .distributed import DistInfo, barrier, broadcast_from_rank0, gather_rows, init_distributed
+from .errors import FastMMGANError, PeerLost, TrainingDiverged
 from .models import Discriminator, Generator, calibrate_fusions_
 from .samples import write_samples
 from .step import StepInputs, build_step
@@ -66,6 +65,12 @@ def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
 
 
 UNCONDITIONAL_SHARE = 0.25
+
+
+def _peer_stopped(e: BaseException) -> bool:
+    """Whether a collective failed because another process stopped answering (gloo and NCCL's wording)."""
+    text = str(e).lower()
+    return any(w in text for w in ("timed out", "timeout", "connection closed", "connection reset", "broken pipe"))
 
 
 def draw_step_inputs(
@@ -147,18 +152,24 @@ class Trainer:
         self.step_fn = self._build_step()
 
     def _build_step(self) -> Callable[[StepInputs], dict[str, torch.Tensor]]:
-        """The compiled step (or the reference one with ``--no-compile``); under torchrun the eager step
-        with both models in DistributedDataParallel, whose gradient hooks the single-graph compiled step
-        would bypass."""
+        """The compiled step (or the reference one with ``--no-compile``). Under torchrun the compiled step
+        averages gradients with collectives traced into its graph; the reference step wraps both models in
+        DistributedDataParallel. Either way every process starts from rank 0's state."""
         if not self.dist.enabled:
             return build_step(self.G, self.D, self.ema, self.opt_g, self.opt_d, self.cfg, self.device)
+        broadcast_from_rank0([*self.G.state_dict().values(), *self.D.state_dict().values(),
+                              *self.ema.state_dict().values()])
+        if self.cfg.compile:
+            step = build_step(self.G, self.D, self.ema, self.opt_g, self.opt_d, self.cfg, self.device)
+            if self.dist.is_main:
+                print(f"training step: {type(step).__name__}, gradients averaged over {self.dist.world} processes "
+                      "by collectives inside the compiled graph", file=sys.stderr)
+            return step
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         ids = [self.device.index] if self.device.type == "cuda" else None
-        if self.cfg.compile and self.dist.is_main:
-            print("note: under torchrun the training step runs eagerly with DDP (see README)", file=sys.stderr)
         g_ddp, d_ddp = DDP(self.G, device_ids=ids), DDP(self.D, device_ids=ids)
-        return build_step(g_ddp, d_ddp, self.ema, self.opt_g, self.opt_d, replace(self.cfg, compile=False), self.device)
+        return build_step(g_ddp, d_ddp, self.ema, self.opt_g, self.opt_d, self.cfg, self.device)
 
     def _adam(self, model: torch.nn.Module, lr: float) -> torch.optim.Adam:
         return torch.optim.Adam(model.parameters(), lr=lr, betas=self.cfg.betas, fused=True)
@@ -237,7 +248,7 @@ class Trainer:
                 batch = draw_step_inputs(self.train_ds, self.step, cfg, self.dist.rank, self.dist.world)
                 if self.step == self._first_step:
                     out = self._first_step_call(batch)
-                    self._log_first_step(log)
+                    self._log_first_step(log, batch)
                 else:
                     out = self.step_fn(batch.to(self.device))
                 self.step += 1
@@ -270,6 +281,15 @@ class Trainer:
                 self._on_rank0(self.save)
             if not (cfg.sample_every and self.step % cfg.sample_every == 0):
                 self._on_rank0(self.write_samples)
+        except RuntimeError as e:  # torch.distributed's errors (DistBackendError and kin) are RuntimeErrors
+            if self.dist.enabled and _peer_stopped(e):
+                log.event("peer_lost", step=self.step, rank=self.dist.rank)
+                raise PeerLost(
+                    f"process {self.dist.rank}: a collective did not complete within --dist-timeout "
+                    f"{cfg.dist_timeout:g} s at step {self.step} (another process hung or died); the last "
+                    f"checkpoint is in {self.out / CHECKPOINT_DIR}"
+                ) from None
+            raise
         finally:
             bar.close()
             log.close()
@@ -294,8 +314,9 @@ class Trainer:
                 "FASTMMGAN_KERNELS=triton on CPU tensors needs TRITON_INTERPRET=1 (Triton's interpreter)"
             ) from None
 
-    def _log_first_step(self, log: RunLog) -> None:
-        """After the first step: how it ran (compile time, which ops ran where) and the kernels' self-checks."""
+    def _log_first_step(self, log: RunLog, batch: StepInputs) -> None:
+        """After the first step: how it ran (compile time, which ops ran where), the kernels' self-checks and,
+        under torchrun, each process's rows and whether together they are the global batch, once each."""
         from . import selfcheck
         from .ops import kernels_mode_now
 
@@ -303,9 +324,20 @@ class Trainer:
         if compile_s is not None:
             log.event("compiled", step=self.step, seconds=round(compile_s, 2), backend=self.cfg.compile_backend)
         log.event("first_step", step=self.step, kind=type(self.step_fn).__name__, kernels=kernels_mode_now(),
-                  device=str(self.device), precision=self.cfg.precision, kernel_launches=self._first_launches)
+                  device=str(self.device), precision=self.cfg.precision, kernel_launches=self._first_launches,
+                  processes=self.dist.world, **self._batch_split(batch))
         if selfcheck.records:
             log.event("kernel_self_check", checks=selfcheck.records)
+
+    def _batch_split(self, batch: StepInputs) -> dict[str, object]:
+        """Under torchrun: rows per process, and whether the processes' rows in rank order are the global batch
+        (a process training on another's slice, or all on the same one, would still follow the trajectory)."""
+        if not self.dist.enabled:
+            return {}
+        rows = gather_rows(torch.tensor([len(batch.z)], device=self.device)).tolist()
+        together = gather_rows(batch.z.to(self.device)).cpu()
+        whole = draw_step_inputs(self.train_ds, self.step, self.cfg).z
+        return {"rows_per_process": rows, "slices_make_the_global_batch": bool(torch.equal(together, whole))}
 
     def evaluate(self, n: int = 1000) -> dict[str, float]:
         """Quality metrics of the EMA generator (see :mod:`fastmmgan.metrics`); evaluators cached in the run."""

@@ -1,4 +1,5 @@
-"""torchrun + DDP on CPU (gloo, 2 processes): same trajectory as one process, one set of outputs, no hangs."""
+"""torchrun on CPU (gloo, 2 processes), compiled step and eager DDP: same trajectory as one process, each process
+on its own slice, one set of outputs, no hangs."""
 
 import json
 import os
@@ -46,6 +47,12 @@ def test_two_processes_follow_the_one_process_trajectory(tmp_path, compiled):
             torch.testing.assert_close(b[key][name], tensor, rtol=1e-4, atol=1e-5, msg=f"{key}.{name}")
     lines = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines if "step" in line and "loss_d" in line] == [3, 6]
+    first = next(line for line in lines if line.get("event") == "first_step")
+    assert first["kind"] == ("CompiledStep" if compiled else "ReferenceStep") and first["processes"] == 2
+    # Each process trained on its own half: the halves in rank order are the global batch of 32 rows.
+    assert first["rows_per_process"] == [16, 16] and first["slices_make_the_global_batch"]
+    if compiled:
+        assert "gradients averaged over 2 processes by collectives inside the compiled graph" in two.stderr
     assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == ["last.pt", "step_00000003.pt",
                                                                                     "step_00000006.pt"]
 
@@ -90,3 +97,41 @@ def test_a_dead_process_stops_the_others(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode != 0
     assert "fastmmgan.train" in err and ("SIGKILL" in err or "Signal 9" in err or "exitcode" in err)
+
+
+def _rank_of(pid: int) -> int | None:
+    env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+    return next((int(v[5:]) for v in env if v.startswith(b"RANK=")), None)
+
+
+def test_a_hung_process_makes_the_others_fail_after_the_dist_timeout(tmp_path):
+    """A stopped (not dead) rank 1: rank 0's next collective gives up after --dist-timeout with one clear line."""
+    long_run = [a if a != str(STEPS) else "1000000" for a in ARGS]
+    long_run[long_run.index("--dist-timeout") + 1] = "5"
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    proc = subprocess.Popen(_torchrun(2, *long_run, "--no-compile", "--ckpt-every", "1000000", "--out",
+                                      str(tmp_path / "run")), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        workers: list[int] = []
+        while len(workers) < 2 or not metrics.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "training did not start"
+            out = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout
+            workers = [int(p) for p in out.split()]
+            time.sleep(0.2)
+        rank1 = next(p for p in workers if _rank_of(p) == 1)
+        os.kill(rank1, signal.SIGSTOP)
+        stopped = time.monotonic()
+        while "peer_lost" not in metrics.read_text():
+            assert time.monotonic() - stopped < 60, "rank 0 did not give up on the stopped rank"
+            time.sleep(0.2)
+        waited = time.monotonic() - stopped
+        os.kill(rank1, signal.SIGCONT)  # so it takes torchrun's SIGTERM now rather than after its grace period
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode != 0
+    assert "process 0: a collective did not complete within --dist-timeout 5 s" in err, err[-3000:]
+    assert 4 < waited < 30
