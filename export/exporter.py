@@ -8,7 +8,7 @@ Inputs and outputs stay float32 in an ``--fp16`` file too (casts at the edges), 
 Exporter: the TorchScript-based one (``torch.onnx.export(..., dynamo=False)``) by default. Measured here with
 torch 2.13 on this generator, both exporters give the same parity (max error ~1e-6 vs PyTorch) and the same ORT
 speed once ORT fuses the graph, but the TorchScript exporter takes ~0.3 s where the dynamo exporter takes
-6-16 s on this shared 2-core machine (torch.export tracing, decompositions, onnxscript optimisation); it also
+6-16 s on a 2-core CPU (torch.export tracing, decompositions, onnxscript optimisation); it also
 needs no onnxscript and prints nothing. It is deprecated since torch 2.9, so ``exporter="dynamo"``
 (``--exporter dynamo``) is kept working and tested as the way forward once it is removed. Only standard
 ``ai.onnx`` ops come out either way.
