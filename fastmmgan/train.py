@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
 
@@ -65,7 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=PRECISIONS, default=_DEFAULTS.precision,
                    help="autocast of the losses' forward and backward: auto (bf16 on CUDA, fp32 on CPU), bf16, fp32; "
                         "weights, gradients and Adam stay fp32")
-    p.add_argument("--out", default="runs/digits", help="run directory (config, checkpoints, samples, metrics)")
+    p.add_argument("--config", default=None, metavar="CONFIG_JSON",
+                   help="start from a run's config.json (re-runs that run); flags given as well override its values")
+    p.add_argument("--out", default=None,
+                   help="run directory (config, checkpoints, samples, metrics); default runs/<dataset or data file name>")
     p.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="continue from a checkpoint: a path, or with no value the --out run's last checkpoint")
     p.add_argument("--ckpt-every", type=int, default=_DEFAULTS.ckpt_every, help="steps between checkpoints (0: only at the end)")
@@ -96,6 +100,34 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**{name: getattr(args, name) for name in names})
 
 
+def load_config_json(path: str) -> dict[str, object]:
+    """A run's config.json as parser defaults (so flags given on the command line still win)."""
+    try:
+        saved = TrainConfig.from_dict(json.loads(Path(path).read_text()))
+    except OSError as e:
+        raise FastMMGANError(f"--config {path}: cannot read it ({e.strerror or e})") from None
+    except ValueError as e:  # JSON errors; FastMMGANError for values a config cannot hold
+        raise FastMMGANError(f"--config {path}: not a run config: {str(e).splitlines()[0]}") from None
+    return saved.to_dict()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line over the defaults: TrainConfig's, or those of ``--config`` when given."""
+    parser = build_parser()
+    first, _ = parser.parse_known_args(argv)
+    if first.config is not None:
+        saved = load_config_json(first.config)
+        if saved.get("data") is not None:
+            saved["dataset"] = _DEFAULTS.dataset  # --data and --dataset exclude each other; data wins
+        parser.set_defaults(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
+    return parser.parse_args(argv)
+
+
+def default_out(cfg: TrainConfig) -> Path:
+    """``runs/<name>``: the data file's name without its suffix, or the built-in dataset's name."""
+    return Path("runs") / (Path(cfg.data).stem if cfg.data else cfg.dataset)
+
+
 def check_out_dir(out: Path) -> None:
     """Fail early, with the path, when the run directory cannot be written."""
     target = out
@@ -106,9 +138,9 @@ def check_out_dir(out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     cfg = config_from_args(args)
-    out = Path(args.out)
+    out = Path(args.out) if args.out is not None else default_out(cfg)
     check_out_dir(out)
     resume = None
     if args.resume == "auto":

@@ -173,3 +173,36 @@ def test_cli_process_exit_code_and_single_line(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"error: checkpoint not found: {tmp_path / 'missing'}"]
+
+
+def test_config_flag_re_runs_a_run_and_flags_override_it(run_dir, tmp_path):
+    again = tmp_path / "again"
+    assert train.main(["--config", str(run_dir / "config.json"), "--out", str(again), "--no-progress"]) == 0
+    assert json.loads((again / "config.json").read_text()) == json.loads((run_dir / "config.json").read_text())
+    a, b = load_checkpoint(run_dir), load_checkpoint(again)
+    for name, tensor in a["ema"].items():
+        assert torch.equal(b["ema"][name], tensor), name
+    longer = tmp_path / "longer"
+    assert train.main(["--config", str(run_dir / "config.json"), "--steps", "7", "--out", str(longer), "--no-progress"]) == 0
+    saved = json.loads((longer / "config.json").read_text())
+    assert saved == {**json.loads((run_dir / "config.json").read_text()), "steps": 7}
+
+
+@pytest.mark.parametrize("content, message", [(None, "cannot read it"), ("{", "not a run config"),
+                                              ('{"steps": "many"}', "steps: expected int"), ("[1]", "JSON object")])
+def test_config_flag_errors(tmp_path, capsys, content, message):
+    path = tmp_path / "config.json"
+    if content is not None:
+        path.write_text(content)
+    assert message in _cli_error(train.main, ["--config", str(path), "--out", str(tmp_path / "o")], capsys)
+
+
+def test_data_without_out_writes_under_the_data_files_name(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "shapes.npz", pic=rng.random((40, 4, 4)).astype(np.float32),
+             tag=np.array(["red square", "blue dot"] * 20), kinds=np.array(["pic=image", "tag=text"]))
+    monkeypatch.chdir(tmp_path)
+    assert train.main(["--data", "shapes.npz", "--steps", "2", "--batch-size", "8", "--g-width", "16", "--d-width", "16",
+                       "--z-dim", "4", "--no-compile", "--no-progress", "--sample-every", "0"]) == 0
+    assert (tmp_path / "runs" / "shapes" / "checkpoints" / "last.pt").is_file()
+    assert not (tmp_path / "runs" / "digits").exists()
