@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from fastmmgan.cli import run_cli
+from fastmmgan.cli import add_verbosity_flags, configure_logging, run_cli
 
 from .exporter import DEFAULT_OPSET, EXPORTERS, export_generator
 
@@ -25,11 +25,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--triton-repo", default=None, help="also write a Triton Inference Server model repository here")
     p.add_argument("--triton-name", default=None, help="model name in the Triton repository (None: the --out file's stem)")
     p.add_argument("--triton-max-batch", type=int, default=1024, help="Triton max_batch_size (dynamic batching)")
+    add_verbosity_flags(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    configure_logging(args)
     report = export_generator(
         args.source, args.out, opset=args.opset, fp16=args.fp16, exporter=args.exporter,
         triton_repo=args.triton_repo, triton_name=args.triton_name, triton_max_batch=args.triton_max_batch,

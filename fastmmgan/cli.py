@@ -1,7 +1,10 @@
-"""What every command line tool shares: bad input is one line on stderr and exit code 2."""
+"""What every command line tool shares: bad input is one line on stderr and exit code 2, and the log's
+verbosity (``-v`` / ``-q``), set once per command."""
 
 from __future__ import annotations
 
+import argparse
+import logging
 import sys
 from collections.abc import Callable
 
@@ -23,3 +26,36 @@ def run_cli(main: Callable[[], int | None]) -> None:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(code or 0)
+
+
+class _Stderr(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (a handler holding the stream it was built with keeps
+    writing to a stream that was since replaced, as in tests and notebooks)."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def add_verbosity_flags(parser: argparse.ArgumentParser) -> None:
+    """``-v`` (debug lines too) and ``-q`` (warnings and errors only); the default shows info lines."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("-v", "--verbose", action="store_true", help="also show debug log lines")
+    group.add_argument("-q", "--quiet", action="store_true", help="show only warnings and errors in the log")
+
+
+def configure_logging(args: argparse.Namespace) -> None:
+    """fastmmgan's log lines on stderr at the level ``-v``/``-q`` chose (info by default). Other libraries'
+    loggers are left as they are; a command's own output stays on stdout (``print``)."""
+    level = logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING if getattr(args, "quiet", False) \
+        else logging.INFO
+    logger = logging.getLogger("fastmmgan")
+    if not any(isinstance(h, _Stderr) for h in logger.handlers):
+        handler = _Stderr()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(level)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import CHECKPOINT_DIR, load_checkpoint, resolve_checkpoint
-from .cli import run_cli
+from .cli import add_verbosity_flags, configure_logging, run_cli
 from .config import TrainConfig
 from .data import MultimodalDataset, load_dataset
 from .errors import FastMMGANError
@@ -128,11 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the noise and of the order of the conditions")
     p.add_argument("--run", default=None, help="for an .onnx file: the run (or checkpoint) it was exported from")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON instead of a table")
+    add_verbosity_flags(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    configure_logging(args)
     if args.n < 2:
         raise FastMMGANError(f"--n must be at least 2, got {args.n}")
     start = time.perf_counter()

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .cli import run_cli
+from .cli import add_verbosity_flags, configure_logging, run_cli
 from .errors import FastMMGANError
 from .media import image_grid, read_wav, save_captions, save_png, save_wav
 from .modalities import ModalitySpec
@@ -92,11 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write only this modality, repeatable (default: all; decoding audio is the slow part)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--out", default="samples", help="output directory")
+    add_verbosity_flags(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    configure_logging(args)
     sampler = load_generator(args.model, device=args.device)
     given = parse_given(args.given, sampler.modalities)
     result = sampler.sample(args.n, given=given, seed=args.seed, modalities=args.modality)

@@ -40,7 +40,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from .cli import run_cli
+from .cli import add_verbosity_flags, configure_logging, run_cli
 from .errors import FastMMGANError
 from .export import OnnxGenerator
 from .media import image_grid, wav_bytes
@@ -382,6 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-queue", type=int, default=d.max_queue, help="most queued requests (then 503)")
     p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes, help="largest request body (then 413)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    add_verbosity_flags(p)
     return p
 
 
@@ -400,6 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     """Start the server. PyTorch (audio decoding in request threads) gets one thread per request, so
     concurrent decodes do not multiply into oversubscription next to ONNX Runtime's pool."""
     args = build_parser().parse_args(argv)
+    configure_logging(args)
     limits = ServeLimits(args.max_n, args.max_batch, args.max_wait_ms, args.max_queue, args.max_body_bytes)
     generator = OnnxGenerator(args.model, device=args.device, intra_op_threads=args.threads, allow_spinning=args.spin)
     sock = bind_socket(args.host, args.port)

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from .checkpoint import CHECKPOINT_DIR, LAST
-from .cli import run_cli
+from .cli import add_verbosity_flags, configure_logging, run_cli
 from .config import COMPILE_BACKENDS, PRECISIONS, TrainConfig
 from .distributed import shutdown
 from .errors import FastMMGANError
@@ -84,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dist-timeout", type=float, default=_DEFAULTS.dist_timeout,
                    help="seconds a process waits for the others under torchrun before failing")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_verbosity_flags(p)
     return p
 
 
@@ -139,6 +140,7 @@ def check_out_dir(out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    configure_logging(args)
     cfg = config_from_args(args)
     out = Path(args.out) if args.out is not None else default_out(cfg)
     check_out_dir(out)
