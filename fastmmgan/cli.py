@@ -42,17 +42,19 @@ class _Stderr(logging.StreamHandler):
 
 
 def add_verbosity_flags(parser: argparse.ArgumentParser) -> None:
-    """``-v`` (debug lines too) and ``-q`` (warnings and errors only); the default shows info lines."""
+    """``-v`` (info lines: what ran where, compile times), ``-vv`` (debug too), ``-q`` (errors only); by default
+    the log shows warnings, so a failing command's stderr is its one error line."""
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("-v", "--verbose", action="store_true", help="also show debug log lines")
-    group.add_argument("-q", "--quiet", action="store_true", help="show only warnings and errors in the log")
+    group.add_argument("-v", "--verbose", action="count", default=0, help="more log lines: -v info, -vv debug")
+    group.add_argument("-q", "--quiet", action="store_true", help="log errors only")
 
 
 def configure_logging(args: argparse.Namespace) -> None:
-    """fastmmgan's log lines on stderr at the level ``-v``/``-q`` chose (info by default). Other libraries'
+    """fastmmgan's log lines on stderr at the level ``-v``/``-q`` chose (warnings by default). Other libraries'
     loggers are left as they are; a command's own output stays on stdout (``print``)."""
-    level = logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING if getattr(args, "quiet", False) \
-        else logging.INFO
+    verbose = getattr(args, "verbose", 0)
+    level = logging.ERROR if getattr(args, "quiet", False) else (logging.WARNING, logging.INFO)[verbose] if verbose < 2 \
+        else logging.DEBUG
     logger = logging.getLogger("fastmmgan")
     if not any(isinstance(h, _Stderr) for h in logger.handlers):
         handler = _Stderr()
