@@ -1,10 +1,11 @@
 """ONNX Runtime vs PyTorch eager generation with the default-size generator (pytest-benchmark).
 
-Run: ``OMP_WAIT_POLICY=PASSIVE pytest benchmarks/test_bench_onnx.py --benchmark-only``. Not part of the plain test
-run. ``OMP_WAIT_POLICY=PASSIVE`` (read when torch loads OpenMP, so it must be set outside) matters on a shared
-machine: PyTorch's OpenMP workers otherwise spin at every barrier, and when another process holds one of the cores
-a 2-thread forward pass waits whole scheduler slices (measured on a loaded 2-core machine: batch 32 took 50 ms instead of
-4.9 ms), which would flatter ONNX Runtime (whose spinning ``OnnxGenerator`` turns off) for the wrong reason.
+Run: ``OMP_WAIT_POLICY=PASSIVE pytest benchmarks/test_bench_onnx.py --benchmark-enable --benchmark-only``.
+The plain ``pytest`` runs only its numerics checks (timing off). ``OMP_WAIT_POLICY=PASSIVE`` (read when torch
+loads OpenMP, so it must be set outside) matters on a shared machine: PyTorch's OpenMP workers otherwise spin
+at every barrier, and when another process holds one of the cores a 2-thread forward pass waits whole
+scheduler slices (measured on a loaded 2-core machine: batch 32 took 50 ms instead of 4.9 ms), which would
+flatter ONNX Runtime (whose spinning ``OnnxGenerator`` turns off) for the wrong reason.
 
 The generator is the default configuration (z 32, width 256, depth 2, the digits modalities), built by a
 ``Trainer`` at step 0 and exported with ``fastmmgan.export`` (which checks parity itself). Both engines time one

@@ -1,6 +1,7 @@
 """The fused ops, fast path vs eager reference, forward and forward+backward (pytest-benchmark).
 
-Run: ``pytest benchmarks/test_bench_ops.py --benchmark-only``. Not part of the plain test run.
+Run: ``pytest benchmarks/test_bench_ops.py --benchmark-enable --benchmark-only``. The plain ``pytest``
+runs only its numerics checks (timing off).
 
 - CUDA: "fast" is the Triton op (fastmmgan.kernels), against the eager torch reference.
 - CPU: "fast" is ``torch.compile(reference)`` (inductor's C++), against the eager reference; a

@@ -1,7 +1,8 @@
 """The training step, compiled vs the eager reference and vs the loop a user writes by hand (pytest-benchmark).
 
-Run: ``pytest benchmarks/test_bench_train.py --benchmark-only`` (not part of the plain test run; the
-first run compiles every config, minutes on a 2-core CPU). For the ratios as medians of interleaved
+Run: ``pytest benchmarks/test_bench_train.py --benchmark-enable --benchmark-only`` (the first run compiles
+every config, minutes on a 2-core CPU; the plain ``pytest`` runs each config's numerics check at its
+smallest batch, timing off). For the ratios as medians of interleaved
 rounds, and the table, use ``python -m fastmmgan.bench``.
 
 For one-modality configs (``seed-mnist``: the seeds' MLP GAN exactly) two more implementations of the
