@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from conftest import requires_cuda
 
 TINY = ["--steps", "2", "--batch-size", "16", "--z-dim", "8", "--g-width", "32", "--d-width", "32",

@@ -13,6 +13,7 @@ import math
 
 import pytest
 import torch
+
 from conftest import CUDA, KERNEL_DEVICE, requires_cuda
 
 pytest.importorskip("triton")

@@ -14,8 +14,8 @@ from dataclasses import dataclass, replace
 
 import pytest
 import torch
-from conftest import CUDA, KERNEL_DEVICE
 
+from conftest import CUDA, KERNEL_DEVICE
 from fastmmgan.bench import SEED_MNIST, Models, assert_steps_match, build_models, make_steps, random_dataset
 from fastmmgan.config import TrainConfig
 from fastmmgan.data import digits_specs
