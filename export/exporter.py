@@ -43,7 +43,7 @@ from torch import nn
 import fastmmgan
 from fastmmgan.checkpoint import atomic_write_bytes, load_checkpoint
 from fastmmgan.config import TrainConfig
-from fastmmgan.errors import FastMMGANError
+from fastmmgan.errors import FastMMGANError, first_line
 from fastmmgan.models import Generator
 from fastmmgan.ops import kernels_mode
 from fastmmgan.sampler import generator_from_state
@@ -159,8 +159,7 @@ def trace_to_onnx(
     except FastMMGANError:
         raise
     except Exception as e:  # the exporters raise many types (ValueError, RuntimeError, torch.onnx errors)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise FastMMGANError(f"ONNX export failed (exporter {exporter}, opset {opset}): {first}") from None
+        raise FastMMGANError(f"ONNX export failed (exporter {exporter}, opset {opset}): {first_line(e)}") from None
 
 
 def attach_metadata(model: onnx.ModelProto, meta: GeneratorMetadata) -> None:
@@ -253,9 +252,8 @@ def _load(source: str | Path, precision: str) -> tuple[Generator, GeneratorMetad
     try:
         generator = generator_from_state(state)
         cfg = TrainConfig.from_dict(state["config"])
-    except (KeyError, RuntimeError, TypeError) as e:
-        problem = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise FastMMGANError(f"{source}: checkpoint does not describe a loadable generator: {problem}") from None
+    except FastMMGANError as e:  # generator_from_state names the problem; the path is added here
+        raise FastMMGANError(f"{source}: {e}") from None
     step = int(state.get("step", 0))
     meta = GeneratorMetadata(generator.specs, generator.z_dim, fastmmgan.__version__, cfg.model_hash(), precision, step)
     return generator, meta

@@ -32,7 +32,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from fastmmgan.errors import FastMMGANError
+from fastmmgan.errors import FastMMGANError, first_line
 from fastmmgan.modalities import ModalitySpec
 from fastmmgan.sampler import decode_outputs, draw_noise, encode_conditions, wanted_modalities
 
@@ -107,11 +107,6 @@ def _providers(kind: str, device_id: int) -> list[Any]:
     return [CPU_PROVIDER]
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
 def _load_model_source(model: str | Path | bytes) -> tuple[str | bytes, str]:
     if isinstance(model, bytes):
         return model, "the ONNX model"
@@ -127,7 +122,7 @@ def _create_session(
     try:
         return ort.InferenceSession(source, options, providers=providers)
     except Exception as e:  # onnxruntime's pybind exceptions derive from Exception only
-        problem = _first_line(e)
+        problem = first_line(e)
         raise FastMMGANError(f"{label} is not a loadable ONNX model (corrupt or truncated?): {problem}") from None
 
 
@@ -157,6 +152,7 @@ class OnnxGenerator:
         kind, self.device_id = parse_device(device)
         options = session_options(intra_op_threads, allow_spinning)
         self._model_source, self._options = source, options
+        self._model_proto = None  # the parsed graph, loaded when the first specialised session is built
         self.session = _create_session(source, self.source, options, _providers(kind, self.device_id))
         self._specialised: dict[tuple[tuple[str, ...], tuple[str, ...]], ort.InferenceSession | None] = {}
         self.metadata = GeneratorMetadata.from_props(_metadata_props(self.session, self.source), self.source)
@@ -284,12 +280,13 @@ class OnnxGenerator:
         constants = {x_names[m]: np.zeros((1, s.dim), np.float32) for m, s in enumerate(specs) if s.name not in given}
         constants[mask_name] = np.array([[s.name in given for s in specs]], dtype=np.float32)
         try:
-            model = onnx.load_from_string(self._model_source) if isinstance(self._model_source, bytes) \
-                else onnx.load(self._model_source)
-            small = specialise(model, constants, [by_modality[name] for name in needed])
+            if self._model_proto is None:  # parsed once; specialise() works on a copy of it
+                self._model_proto = onnx.load_from_string(self._model_source) if isinstance(self._model_source, bytes) \
+                    else onnx.load(self._model_source)
+            small = specialise(self._model_proto, constants, [by_modality[name] for name in needed])
             session = ort.InferenceSession(small.SerializeToString(), self._options, providers=self.session.get_providers())
         except Exception as e:  # noqa: BLE001 - any failure leaves the full graph in charge, which is always right
-            log.debug("no specialised session for given=%s wanted=%s: %s", given, needed, _first_line(e))
+            log.debug("no specialised session for given=%s wanted=%s: %s", given, needed, first_line(e))
             return None
         # One check against the full graph before the session is trusted.
         rng = np.random.default_rng(0)

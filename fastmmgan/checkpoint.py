@@ -10,7 +10,7 @@ from typing import IO, Any
 
 import torch
 
-from .errors import FastMMGANError
+from .errors import FastMMGANError, first_line
 
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"
@@ -78,8 +78,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - damaged pickles and zips raise many unrelated types (TypeError included)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise FastMMGANError(f"{path} is not a readable fastmmgan checkpoint (truncated or corrupt?): {first}") from None
+        raise FastMMGANError(
+            f"{path} is not a readable fastmmgan checkpoint (truncated or corrupt?): {first_line(e)}"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != "fastmmgan-checkpoint":
         raise FastMMGANError(f"{path} is not a fastmmgan checkpoint")
     return state

@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type's name when the message is empty): what a one-line
+    error quotes from a library's multi-line message."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 class FastMMGANError(ValueError):
     """Bad input (data, flags, conditions, checkpoints): the message names the problem."""
 

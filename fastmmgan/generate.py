@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 from .cli import add_verbosity_flags, configure_logging, run_cli
-from .errors import FastMMGANError
+from .errors import FastMMGANError, first_line
 from .media import image_grid, read_wav, save_captions, save_png, save_wav
 from .modalities import ModalitySpec
 from .sampler import Sampler, load_generator
@@ -33,11 +33,6 @@ def parse_given(items: list[str], specs: tuple[ModalitySpec, ...]) -> dict[str, 
     return given
 
 
-def _reason(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
 def _load_condition(spec: ModalitySpec, path: Path) -> np.ndarray:
     """A condition file as an array. Damaged files raise many unrelated exception types inside the readers
     (numpy's header parser: SyntaxError, TokenError; PIL: SyntaxError, ValueError, DecompressionBombError;
@@ -48,18 +43,18 @@ def _load_condition(spec: ModalitySpec, path: Path) -> np.ndarray:
         try:
             return np.load(path, allow_pickle=False)
         except Exception as e:  # noqa: BLE001 - see the docstring
-            raise FastMMGANError(f"--given {spec.name}: cannot read {path} as .npy: {_reason(e)}") from None
+            raise FastMMGANError(f"--given {spec.name}: cannot read {path} as .npy: {first_line(e)}") from None
     if spec.kind == "image":
         try:
             with Image.open(path) as img:
                 grey = img.convert("L").resize(spec.image_shape[::-1], Image.BILINEAR)
         except Exception as e:  # noqa: BLE001 - see the docstring
-            raise FastMMGANError(f"--given {spec.name}: cannot read {path} as an image: {_reason(e)}") from None
+            raise FastMMGANError(f"--given {spec.name}: cannot read {path} as an image: {first_line(e)}") from None
         return np.asarray(grey, dtype=np.float32) / 255.0
     try:
         wave, _ = read_wav(path, sample_rate=spec.sample_rate)
     except Exception as e:  # noqa: BLE001 - see the docstring
-        raise FastMMGANError(f"--given {spec.name}: cannot read {path} as a WAV file: {_reason(e)}") from None
+        raise FastMMGANError(f"--given {spec.name}: cannot read {path} as a WAV file: {first_line(e)}") from None
     return wave
 
 

@@ -11,7 +11,7 @@ from .checkpoint import CHECKPOINT_DIR, LAST
 from .cli import add_verbosity_flags, configure_logging, run_cli
 from .config import COMPILE_BACKENDS, PRECISIONS, TrainConfig
 from .distributed import shutdown
-from .errors import FastMMGANError
+from .errors import FastMMGANError, first_line
 from .losses import LOSSES
 
 _DEFAULTS = TrainConfig()
@@ -108,7 +108,7 @@ def load_config_json(path: str) -> dict[str, object]:
     except OSError as e:
         raise FastMMGANError(f"--config {path}: cannot read it ({e.strerror or e})") from None
     except ValueError as e:  # JSON errors; FastMMGANError for values a config cannot hold
-        raise FastMMGANError(f"--config {path}: not a run config: {str(e).splitlines()[0]}") from None
+        raise FastMMGANError(f"--config {path}: not a run config: {first_line(e)}") from None
     return saved.to_dict()
 
 

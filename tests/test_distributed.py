@@ -77,19 +77,30 @@ def test_resume_with_a_different_number_of_processes(tmp_path):
             torch.testing.assert_close(b[key][name], tensor, rtol=1e-4, atol=1e-5, msg=f"{key}.{name}")
 
 
-def test_a_dead_process_stops_the_others(tmp_path):
+def _start_long_run(out, *extra: str) -> subprocess.Popen:
+    """Two eager processes training far longer than any test waits, in their own session (killable as a group);
+    ``extra`` flags come last, so they override ``ARGS``."""
     long_run = [a if a != str(STEPS) else "1000000" for a in ARGS]
-    proc = subprocess.Popen(_torchrun(2, *long_run, "--no-compile", "--ckpt-every", "1000000", "--out",
-                                      str(tmp_path / "run")), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    return subprocess.Popen(_torchrun(2, *long_run, "--no-compile", "--ckpt-every", "1000000", "--out", str(out), *extra),
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def _workers_once_training(proc: subprocess.Popen, out) -> list[int]:
+    """The two worker pids, once both exist and training has written its first log line."""
+    deadline = time.monotonic() + 120
+    workers: list[int] = []
+    while len(workers) < 2 or not (out / "metrics.jsonl").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "training did not start"
+        found = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout
+        workers = [int(p) for p in found.split()]
+        time.sleep(0.2)
+    return workers
+
+
+def test_a_dead_process_stops_the_others(tmp_path):
+    proc = _start_long_run(tmp_path / "run")
     try:
-        deadline = time.monotonic() + 120
-        workers: list[int] = []
-        while len(workers) < 2 or not (tmp_path / "run" / "metrics.jsonl").exists():
-            assert proc.poll() is None and time.monotonic() < deadline, "training did not start"
-            out = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout
-            workers = [int(p) for p in out.split()]
-            time.sleep(0.2)
+        workers = _workers_once_training(proc, tmp_path / "run")
         os.kill(workers[-1], signal.SIGKILL)
         _, err = proc.communicate(timeout=120)
     finally:
@@ -106,21 +117,10 @@ def _rank_of(pid: int) -> int | None:
 
 def test_a_hung_process_makes_the_others_fail_after_the_dist_timeout(tmp_path):
     """A stopped (not dead) rank 1: rank 0's next collective gives up after --dist-timeout with one clear line."""
-    long_run = [a if a != str(STEPS) else "1000000" for a in ARGS]
-    long_run[long_run.index("--dist-timeout") + 1] = "5"
     metrics = tmp_path / "run" / "metrics.jsonl"
-    proc = subprocess.Popen(_torchrun(2, *long_run, "--no-compile", "--ckpt-every", "1000000", "--out",
-                                      str(tmp_path / "run")), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    proc = _start_long_run(tmp_path / "run", "--dist-timeout", "5")
     try:
-        deadline = time.monotonic() + 120
-        workers: list[int] = []
-        while len(workers) < 2 or not metrics.exists():
-            assert proc.poll() is None and time.monotonic() < deadline, "training did not start"
-            out = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout
-            workers = [int(p) for p in out.split()]
-            time.sleep(0.2)
-        rank1 = next(p for p in workers if _rank_of(p) == 1)
+        rank1 = next(p for p in _workers_once_training(proc, tmp_path / "run") if _rank_of(p) == 1)
         os.kill(rank1, signal.SIGSTOP)
         stopped = time.monotonic()
         while "peer_lost" not in metrics.read_text():
