@@ -7,12 +7,12 @@ rounds, and the table, use ``python -m fastmmgan.bench``.
 
 For one-modality configs (``seed-mnist``: the seeds' MLP GAN exactly) two more implementations of the
 same architecture, from the same initial weights, are timed: the hand-written eager loop
-(``nn.Sequential`` + ``torch.optim.Adam``, :class:`fastmmgan.bench.HandwrittenGAN`) and the same with
+(``nn.Sequential`` + ``torch.optim.Adam``, :class:`benchmarks.handwritten.HandwrittenGAN`) and the same with
 ``torch.compile`` on G and D.
 
-Configs and batch sizes are those of :mod:`fastmmgan.bench` (seed-mnist, digits, wide). Before any
+Configs and batch sizes are those of :mod:`benchmarks.train_configs` (seed-mnist, digits, wide). Before any
 timing, each config's compiled step is checked against the reference for 3 steps from one init
-(:func:`fastmmgan.bench.assert_steps_match`), which also compiles it, so compile time is excluded
+(:func:`benchmarks.step_check.assert_steps_match`), which also compiles it, so compile time is excluded
 (it is reported in ``extra_info``). Each group holds one config's compiled and reference timings;
 ``extra_info`` has the useful GFLOP per step, so GFLOP/s = gflop_per_step / mean seconds.
 """
@@ -25,10 +25,14 @@ from dataclasses import dataclass, replace
 import pytest
 import torch
 
-from fastmmgan.bench import CONFIGS, HandwrittenGAN, build_models, default_batches, gemm_flops, handwritten_peers, make_steps
-from fastmmgan.bench import assert_steps_match as check
+from benchmarks.handwritten import HandwrittenGAN, handwritten_peers
+from benchmarks.step_check import assert_steps_match as check
+from benchmarks.step_check import make_steps
+from benchmarks.train_bench import gemm_flops
+from benchmarks.train_configs import CONFIGS, default_batches
+from fastmmgan.build import build_models
 from fastmmgan.step import CompiledStep, ReferenceStep, StepInputs
-from fastmmgan.trainer import draw_step_inputs
+from fastmmgan.step_inputs import draw_step_inputs
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")

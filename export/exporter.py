@@ -50,7 +50,7 @@ from fastmmgan.sampler import generator_from_state
 
 from .metadata import GeneratorMetadata, io_names
 from .runtime import CUDA_PROVIDER, OnnxGenerator
-from .triton import check_triton_args, write_triton_repo
+from .triton_repo import check_triton_args, write_triton_repo
 
 EXPORTERS = ("torchscript", "dynamo")
 OPSETS = {"torchscript": (9, 20), "dynamo": (18, 23)}

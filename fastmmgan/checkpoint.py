@@ -1,13 +1,16 @@
-"""Atomic file writes and checkpoints that load with a clear error, never a traceback."""
+"""Atomic file writes, checkpoints that load with a clear error (never a traceback), the random state a
+checkpoint carries and the clean-up of temp files a killed writer left."""
 
 from __future__ import annotations
 
 import os
+import random
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 import torch
 
 from .errors import FastMMGANError, first_line
@@ -84,3 +87,47 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != "fastmmgan-checkpoint":
         raise FastMMGANError(f"{path} is not a fastmmgan checkpoint")
     return state
+
+
+def remove_stale_temp_files(run_dir: str | Path) -> None:
+    """Temp files left by a process killed mid-write are garbage: the files they were for are intact."""
+    for tmp in (Path(run_dir) / CHECKPOINT_DIR).glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def _numpy_state() -> dict[str, Any]:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    keys_t = torch.from_numpy(keys.astype(np.int64))
+    return {"name": name, "keys": keys_t, "pos": pos, "has_gauss": has_gauss, "cached": cached}
+
+
+def _numpy_state_from(d: dict[str, Any]) -> tuple:
+    return (d["name"], d["keys"].numpy().astype(np.uint32), d["pos"], d["has_gauss"], d["cached"])
+
+
+def _python_state() -> dict[str, Any]:
+    version, internal, gauss = random.getstate()
+    return {"version": version, "internal": list(internal), "gauss": gauss}
+
+
+def _python_state_from(d: dict[str, Any]) -> tuple:
+    return (d["version"], tuple(d["internal"]), d["gauss"])
+
+def rng_state() -> dict[str, Any]:
+    """Every global random stream a run may touch (torch CPU and CUDA, NumPy, Python), as tensors and plain
+    values that ``torch.load(weights_only=True)`` reads back."""
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": _numpy_state(),
+        "python": _python_state(),
+    }
+
+
+def set_rng_state(rng: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` captured (CUDA streams only where CUDA is present)."""
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    np.random.set_state(_numpy_state_from(rng["numpy"]))
+    random.setstate(_python_state_from(rng["python"]))

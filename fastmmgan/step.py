@@ -23,45 +23,17 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from .adam import adam_hyper, adam_state, adam_update
 from .config import COMPILE_BACKENDS, PRECISIONS, TrainConfig
 from .distributed import average_grads, gather_rows, in_process_group
 from .losses import discriminator_loss, diversity_loss, generator_loss, gradient_penalty, mmd_loss, r1_penalty
 from .models import Discriminator, Generator, compose_fake
 from .ops import kernels_mode_now, tf32_allowed
+from .step_inputs import StepInputs
 
 log = logging.getLogger(__name__)
 
 Tensors = list[torch.Tensor]
-
-
-@dataclass
-class StepInputs:
-    """One step's tensors: real features per modality [B, dim_m], presence mask [B, M] (bool),
-    given mask [B, M] (bool, modalities the generator is conditioned on), mismatched real samples
-    (one modality taken from another row, see :func:`fastmmgan.trainer.draw_step_inputs`) with their
-    weights [B] (0 where a row has too few modalities to mismatch), noise z [B, z_dim],
-    alpha [B, 1] (WGAN-GP interpolation) and the EMA decay for this step (0-d float32)."""
-
-    real: list[torch.Tensor]
-    mask: torch.Tensor
-    given: torch.Tensor
-    mismatched: list[torch.Tensor]
-    mismatch_weight: torch.Tensor
-    z: torch.Tensor
-    alpha: torch.Tensor
-    ema_beta: torch.Tensor
-
-    def to(self, device: torch.device) -> StepInputs:
-        return StepInputs(
-            [x.to(device, non_blocking=True) for x in self.real],
-            self.mask.to(device, non_blocking=True),
-            self.given.to(device, non_blocking=True),
-            [x.to(device, non_blocking=True) for x in self.mismatched],
-            self.mismatch_weight.to(device, non_blocking=True),
-            self.z.to(device, non_blocking=True),
-            self.alpha.to(device, non_blocking=True),
-            self.ema_beta.to(device, non_blocking=True),
-        )
 
 
 @dataclass(frozen=True)
@@ -132,7 +104,7 @@ def discriminator_objective(D: Discriminator, batch: StepInputs, fake: Sequence[
 
 MMD_ROWS = 256
 """The MMD compares at most this many leading rows of a batch (its cost grows with rows squared);
-:func:`~fastmmgan.trainer.draw_step_inputs` puts the rows generated from noise first."""
+:func:`~fastmmgan.step_inputs.draw_step_inputs` puts the rows generated from noise first."""
 
 
 def generator_objective(D: Discriminator, batch: StepInputs, gen: Sequence[torch.Tensor], recipe: Recipe) -> torch.Tensor:
@@ -233,96 +205,6 @@ class ReferenceStep:
                 torch._foreach_lerp_(ema_params, list(self.G.parameters()), weight)
         skipped = torch.tensor(float(not (ok_d and ok_g)))
         return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(), "skipped": skipped}
-
-
-@dataclass(frozen=True)
-class AdamHyper:
-    """The constant hyperparameters of one torch.optim.Adam param group (lr is read every step)."""
-
-    beta1: float
-    beta2: float
-    eps: float
-    weight_decay: float
-
-
-def adam_hyper(opt: torch.optim.Optimizer) -> AdamHyper:
-    """The hyperparameters of a single-group, plain ``torch.optim.Adam``; ValueError for anything else."""
-    if not isinstance(opt, torch.optim.Adam) or len(opt.param_groups) != 1:
-        raise ValueError("the compiled step needs a torch.optim.Adam with one param group")
-    group = opt.param_groups[0]
-    for flag in ("amsgrad", "maximize", "differentiable", "decoupled_weight_decay"):
-        if group.get(flag):
-            raise ValueError(f"the compiled step does not implement Adam's {flag}=True")
-    beta1, beta2 = (float(b) for b in group["betas"])
-    return AdamHyper(beta1, beta2, float(group["eps"]), float(group["weight_decay"]))
-
-
-def adam_state(opt: torch.optim.Optimizer) -> tuple[Tensors, Tensors, Tensors, Tensors]:
-    """(params, exp_avg, exp_avg_sq, step) of ``opt``'s one group, lazily created as Adam itself would.
-
-    The state lives in ``opt.state``, so ``opt.state_dict()`` / ``load_state_dict`` (checkpoints, a
-    ``--no-compile`` resume) see exactly what the compiled step updates. ``step`` is a 0-d float32
-    tensor on the parameter's device (Adam's fused/capturable layout).
-    """
-    params = list(opt.param_groups[0]["params"])
-    m, v, steps = [], [], []
-    for p in params:
-        state = opt.state[p]
-        if not state:
-            state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
-            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        elif state["step"].device != p.device or state["step"].dtype != torch.float32:
-            state["step"] = state["step"].to(p.device, torch.float32)
-        m.append(state["exp_avg"])
-        v.append(state["exp_avg_sq"])
-        steps.append(state["step"])
-    return params, m, v, steps
-
-
-def adam_scalars(step: torch.Tensor, lr: torch.Tensor, beta1: float, beta2: float) -> torch.Tensor:
-    """[step_size, sqrt(bias_correction2)] (float64 [2]) of the Adam step after ``step`` (0-d), for lr
-    (one element), in float64 as the fused Adam kernels compute them."""
-    t = step.double() + 1.0
-    step_size = lr.double().reshape(()) / (1.0 - beta1**t)
-    return torch.stack([step_size, (1.0 - beta2**t).sqrt()])
-
-
-def adam_update(
-    params: Tensors,
-    grads: Tensors,
-    exp_avg: Tensors,
-    exp_avg_sq: Tensors,
-    steps: Tensors,
-    lr: torch.Tensor,
-    hp: AdamHyper,
-    ok: torch.Tensor,
-) -> tuple[Tensors, torch.Tensor]:
-    """One Adam step as tensor math, as torch's fused CPU kernel computes it: the new params and the
-    step's :func:`adam_scalars`.
-
-    The step size and bias correction come from the first parameter's step count (torch.optim.Adam
-    steps every parameter of a group together, so the counts agree); the rest is in the parameters'
-    dtype. Under torch.compile the caller must return the scalars from the graph: a graph output is
-    materialised once, where otherwise inductor inlines them into every parameter's fused loop and
-    recomputes two float64 ``pow`` per vector of 8 elements (measured: updates 4x slower). Where ``ok``
-    (0-d bool) is false nothing changes: the state is written back through ``torch.where`` and the
-    returned params equal the old ones.
-    """
-    scalars = adam_scalars(steps[0], lr, hp.beta1, hp.beta2).to(params[0].dtype)
-    step_size, bias2_sqrt = scalars[0], scalars[1]
-    new_params = []
-    for p, g, m, v, step in zip(params, grads, exp_avg, exp_avg_sq, steps, strict=True):
-        if hp.weight_decay:
-            g = g + p * hp.weight_decay
-        m_new = m * hp.beta1 + g * (1.0 - hp.beta1)
-        v_new = v * hp.beta2 + g * g * (1.0 - hp.beta2)
-        p_new = p - step_size * m_new / (v_new.sqrt() / bias2_sqrt + hp.eps)
-        m.copy_(torch.where(ok, m_new, m))
-        v.copy_(torch.where(ok, v_new, v))
-        step.copy_(torch.where(ok, step + 1, step))
-        new_params.append(torch.where(ok, p_new, p))
-    return new_params, scalars
 
 
 WARM_CALLS = 2

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import copy
-import functools
 import json
 import math
-import random
 import sys
 import time
 from collections import Counter
@@ -14,19 +11,27 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from . import __version__
-from .checkpoint import CHECKPOINT_DIR, atomic_write_bytes, load_checkpoint, save_checkpoint
+from .build import build_models
+from .checkpoint import (
+    CHECKPOINT_DIR,
+    atomic_write_bytes,
+    load_checkpoint,
+    remove_stale_temp_files,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from .config import TrainConfig
-from .data import MultimodalDataset, load_dataset
+from .data import load_dataset
 from .distributed import DistInfo, barrier, broadcast_from_rank0, gather_rows, init_distributed
 from .errors import FastMMGANError, PeerLost, TrainingDiverged
-from .models import Discriminator, Generator, calibrate_fusions_
 from .samples import write_samples
-from .step import StepInputs, build_step
+from .step import build_step
+from .step_inputs import StepInputs, draw_step_inputs
 
 
 def resolve_device(name: str) -> torch.device:
@@ -54,68 +59,10 @@ def check_kernels_can_run(cfg: TrainConfig, device: torch.device) -> None:
         )
 
 
-def _seed_for(*key: int) -> int:
-    return int(np.random.SeedSequence([k & 0xFFFFFFFF for k in key]).generate_state(1)[0])
-
-
-@functools.lru_cache(maxsize=2)
-def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
-    """The sample order of one epoch (cached: every step of the epoch slices the same permutation)."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(_seed_for(seed, epoch, 0)))
-
-
-UNCONDITIONAL_SHARE = 0.25
-
-
 def _peer_stopped(e: BaseException) -> bool:
     """Whether a collective failed because another process stopped answering (gloo and NCCL's wording)."""
     text = str(e).lower()
     return any(w in text for w in ("timed out", "timeout", "connection closed", "connection reset", "broken pipe"))
-
-
-def draw_step_inputs(
-    ds: MultimodalDataset, step: int, cfg: TrainConfig, rank: int = 0, world: int = 1
-) -> StepInputs:
-    """The random draws of one step, a pure function of (seed, step): exact resume needs no stream state.
-
-    The global batch is drawn whole and rank ``rank`` of ``world`` takes its slice, so any number of
-    processes sees the same global batch. Batches walk a per-epoch permutation; the ragged tail is dropped.
-    Mismatched samples take one present modality from a random other row of the batch.
-
-    The generator is given a random proper subset of each row's modalities: none for a quarter of the rows
-    (unconditional generation), else uniform over the non-empty proper subsets. Rows are ordered by that
-    subset, so the discriminator's minibatch-stddev groups compare samples made the same way and a
-    collapsed unconditional generator stands out.
-    """
-    n, b = len(ds), cfg.batch_size
-    per_epoch = n // b
-    epoch, pos = divmod(step, per_epoch)
-    idx = _epoch_order(n, cfg.seed, epoch)[pos * b : (pos + 1) * b]
-    gen = torch.Generator().manual_seed(_seed_for(cfg.seed, step, 1))
-    m = len(ds.specs)
-    unconditional = torch.rand(b, generator=gen) < UNCONDITIONAL_SHARE
-    some = torch.randint(1, max(2, 2**m - 1), (b,), generator=gen) if m > 1 else torch.zeros(b, dtype=torch.long)
-    patterns = torch.where(unconditional, 0, some).sort().values
-    bits = (patterns[:, None] >> torch.arange(m)) & 1
-    mask = ds.mask[idx]
-    given = bits.bool() & mask
-    real = [x[idx] for x in ds.features]
-    if m > 1:
-        partner = torch.randperm(b, generator=gen)
-        swap_pick = torch.multinomial(mask.float() + 1e-6, 1, generator=gen)
-        swap = torch.zeros_like(mask).scatter_(1, swap_pick, True)
-        mismatched = [torch.where(swap[:, m : m + 1], x[partner], x) for m, x in enumerate(real)]
-        valid = (mask & mask[partner]).sum(dim=1) >= 2
-        valid &= ((swap & mask & mask[partner]).any(dim=1)) & (partner != torch.arange(b))
-    else:  # one modality: no row can be mismatched (the step does not judge these rows at all)
-        mismatched, valid = real, torch.zeros(b, dtype=torch.bool)
-    z = torch.randn(b, cfg.z_dim, generator=gen)
-    alpha = torch.rand(b, 1, generator=gen)
-    beta = torch.tensor(min(cfg.ema_decay, (1.0 + step) / (10.0 + step)), dtype=torch.float32)
-    sl = slice(rank * b // world, (rank + 1) * b // world)
-    return StepInputs(
-        [x[sl] for x in real], mask[sl], given[sl], [x[sl] for x in mismatched], valid[sl].float(), z[sl], alpha[sl], beta
-    )
 
 
 class Trainer:
@@ -137,12 +84,8 @@ class Trainer:
         if len(self.train_ds) < cfg.batch_size:
             raise FastMMGANError(f"batch-size {cfg.batch_size} is larger than the training split ({len(self.train_ds)} samples)")
         self.specs = ds.specs
-        self.G = Generator.from_config(self.specs, cfg).to(self.device)
-        self.D = Discriminator.from_config(self.specs, cfg).to(self.device)
-        calibrate_fusions_(self.G, self.D, self.train_ds.features, cfg.seed)
-        self.ema = copy.deepcopy(self.G).eval().requires_grad_(False)
-        self.opt_g = self._adam(self.G, cfg.lr)
-        self.opt_d = self._adam(self.D, cfg.d_lr or cfg.lr)
+        models = build_models(self.train_ds, cfg, self.device)
+        self.G, self.D, self.ema, self.opt_g, self.opt_d = models.G, models.D, models.ema, models.opt_g, models.opt_d
         self.step = 0
         if resume is not None:
             self.load_state(load_checkpoint(resume))
@@ -171,9 +114,6 @@ class Trainer:
         g_ddp, d_ddp = DDP(self.G, device_ids=ids), DDP(self.D, device_ids=ids)
         return build_step(g_ddp, d_ddp, self.ema, self.opt_g, self.opt_d, self.cfg, self.device)
 
-    def _adam(self, model: torch.nn.Module, lr: float) -> torch.optim.Adam:
-        return torch.optim.Adam(model.parameters(), lr=lr, betas=self.cfg.betas, fused=True)
-
     def state_dict(self) -> dict[str, Any]:
         return {
             "format": "fastmmgan-checkpoint",
@@ -186,12 +126,7 @@ class Trainer:
             "ema": self.ema.state_dict(),
             "opt_g": self.opt_g.state_dict(),
             "opt_d": self.opt_d.state_dict(),
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "numpy": _numpy_state(),
-                "python": _python_state(),
-            },
+            "rng": rng_state(),
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -208,12 +143,7 @@ class Trainer:
         except (KeyError, RuntimeError, ValueError) as e:
             raise FastMMGANError(f"checkpoint does not match this model: {str(e).splitlines()[0]}") from None
         self.step = int(state["step"])
-        rng = state["rng"]
-        torch.set_rng_state(rng["torch"])
-        if rng["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        np.random.set_state(_numpy_state_from(rng["numpy"]))
-        random.setstate(_python_state_from(rng["python"]))
+        set_rng_state(state["rng"])
 
     def save(self) -> Path:
         return save_checkpoint(self.out, self.step, self.state_dict(), keep=self.cfg.keep_checkpoints)
@@ -400,28 +330,3 @@ def _kernel_launches() -> Counter[str]:
     """Triton kernel launches so far in this process, per kernel (empty when the kernels were never imported)."""
     kernels = sys.modules.get("fastmmgan.kernels.fused_dense")
     return Counter(kernels.launches) if kernels is not None else Counter()
-
-
-def remove_stale_temp_files(out: Path) -> None:
-    """Temp files left by a process killed mid-write are garbage: the files they were for are intact."""
-    for tmp in (out / CHECKPOINT_DIR).glob(".*.tmp"):
-        tmp.unlink(missing_ok=True)
-
-
-def _numpy_state() -> dict[str, Any]:
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    keys_t = torch.from_numpy(keys.astype(np.int64))
-    return {"name": name, "keys": keys_t, "pos": pos, "has_gauss": has_gauss, "cached": cached}
-
-
-def _numpy_state_from(d: dict[str, Any]) -> tuple:
-    return (d["name"], d["keys"].numpy().astype(np.uint32), d["pos"], d["has_gauss"], d["cached"])
-
-
-def _python_state() -> dict[str, Any]:
-    version, internal, gauss = random.getstate()
-    return {"version": version, "internal": list(internal), "gauss": gauss}
-
-
-def _python_state_from(d: dict[str, Any]) -> tuple:
-    return (d["version"], tuple(d["internal"]), d["gauss"])

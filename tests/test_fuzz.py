@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 
 from fastmmgan.data import digits_specs, load_npz_dataset
 from fastmmgan.errors import FastMMGANError
+from fastmmgan.export.server import _prepare, parse_request
 from fastmmgan.generate import parse_given
 from fastmmgan.sampler import encode_conditions
-from fastmmgan.serve import _prepare, parse_request
 
 SPECS = digits_specs()
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

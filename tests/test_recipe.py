@@ -10,14 +10,15 @@ from dataclasses import replace
 
 import torch
 
-from fastmmgan.bench import build_models, random_dataset
+from benchmarks.train_configs import random_dataset
+from fastmmgan.build import build_models
 from fastmmgan.config import TrainConfig
 from fastmmgan.data import digits_specs
 from fastmmgan.losses import gradient_penalty
 from fastmmgan.models import Discriminator, Generator, calibrate_fusions_
 from fastmmgan.sampler import generator_from_state
 from fastmmgan.step import Recipe, discriminator_objective
-from fastmmgan.trainer import UNCONDITIONAL_SHARE, draw_step_inputs
+from fastmmgan.step_inputs import UNCONDITIONAL_SHARE, draw_step_inputs
 
 SPECS = digits_specs()
 CFG = TrainConfig(batch_size=16, z_dim=8, g_width=32, d_width=32, g_depth=1, d_depth=1, device="cpu")

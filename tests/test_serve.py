@@ -17,12 +17,12 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from fastmmgan import serve
 from fastmmgan.cli import run_cli
 from fastmmgan.config import TrainConfig
 from fastmmgan.export import OnnxGenerator, export_generator
+from fastmmgan.export import server as serve
+from fastmmgan.export.server import MicroBatcher, ServeLimits, ServerBusy, create_app
 from fastmmgan.media import image_grid
-from fastmmgan.serve import MicroBatcher, ServeLimits, ServerBusy, create_app
 
 TINY = TrainConfig(steps=1, batch_size=16, z_dim=8, g_width=32, d_width=32, compile=False, device="cpu")
 LIMITS = ServeLimits(max_n=16, max_batch=48, max_wait_ms=20.0, max_queue=64, max_body_bytes=64 << 10)

@@ -2,7 +2,7 @@
 
 The default loss runs through inductor (the shipped path); the other losses through the same dynamo +
 AOTAutograd graph executed by ``aot_eager``, which checks their objectives in the compiled formulation
-without paying inductor's codegen per loss. Tolerances: :func:`fastmmgan.bench.assert_steps_match`
+without paying inductor's codegen per loss. Tolerances: :func:`benchmarks.step_check.assert_steps_match`
 (the fp32 policy for losses and Adam's moments; for parameters the policy plus 0.1 lr per step
 element-wise, and each tensor's update equal within 1e-3 in norm; the docstring says why).
 """
@@ -15,8 +15,10 @@ from dataclasses import dataclass, replace
 import pytest
 import torch
 
+from benchmarks.step_check import assert_steps_match, make_steps
+from benchmarks.train_configs import SEED_MNIST, random_dataset
 from conftest import CUDA, KERNEL_DEVICE
-from fastmmgan.bench import SEED_MNIST, Models, assert_steps_match, build_models, make_steps, random_dataset
+from fastmmgan.build import Models, build_models
 from fastmmgan.config import TrainConfig
 from fastmmgan.data import digits_specs
 from fastmmgan.kernels.fused_dense import launches
@@ -24,7 +26,7 @@ from fastmmgan.losses import discriminator_loss
 from fastmmgan.modalities import ModalitySpec
 from fastmmgan.ops import kernels_mode
 from fastmmgan.step import CompiledStep, Recipe, ReferenceStep, StepInputs, build_step, discriminator_objective
-from fastmmgan.trainer import draw_step_inputs
+from fastmmgan.step_inputs import draw_step_inputs
 
 CFG = TrainConfig(batch_size=16, z_dim=8, g_width=32, d_width=32, g_depth=1, d_depth=1, device="cpu")
 STEPS = 6
@@ -225,7 +227,7 @@ def count_gemms(cfg: TrainConfig, ds) -> int:
 def test_hand_written_peer_is_the_same_network_from_the_same_weights():
     """The bench's hand-written loop (nn.Sequential + torch.optim.Adam) starts as fastmmgan's seed-mnist models:
     same outputs for the same noise and data, so the timing compares implementations of one network."""
-    from fastmmgan.bench import HandwrittenGAN
+    from benchmarks.handwritten import HandwrittenGAN
 
     cfg = replace(SEED_MNIST, batch_size=16)
     ds = random_dataset((ModalitySpec("image", "image", image_shape=(28, 28)),), 64)

@@ -1,0 +1,1 @@
+"""fastmmgan's benchmarks and the step checks they share with the tests (not part of the installed package)."""
