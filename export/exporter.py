@@ -96,9 +96,9 @@ def mask_patterns(batch: int, modalities: int) -> torch.Tensor:
 
 def example_inputs(generator: Generator, batch: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
     """Random graph inputs: z ~ N(0, 1), features ~ U[0, 1), masks from :func:`mask_patterns`."""
-    gen = torch.Generator().manual_seed(seed)
-    z = torch.randn(batch, generator.z_dim, generator=gen)
-    xs = [torch.rand(batch, s.dim, generator=gen) for s in generator.specs]
+    rng = torch.Generator().manual_seed(seed)
+    z = torch.randn(batch, generator.z_dim, generator=rng)
+    xs = [torch.rand(batch, s.dim, generator=rng) for s in generator.specs]
     return (z, *xs, mask_patterns(batch, len(generator.specs)))
 
 

@@ -134,7 +134,8 @@ def _metadata_props(session: ort.InferenceSession, label: str) -> dict[str, str]
 
 
 class OnnxGenerator:
-    """An exported generator in an ONNX Runtime session, with the :class:`fastmmgan.Sampler` interface.
+    """An exported generator in an ONNX Runtime session: a :class:`~fastmmgan.sampler_protocol.MultimodalSampler`, like
+    :class:`fastmmgan.Sampler`.
 
     ``model``: a ``.onnx`` path (or its bytes). ``device``: ``auto`` (CUDA when a GPU and the CUDA provider are
     there, else CPU), ``cpu``, ``cuda`` or ``cuda:N``. ``use_iobinding``: default on for CUDA, off for CPU.
@@ -219,14 +220,18 @@ class OnnxGenerator:
         self.session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()
 
+    def generate(self, z: torch.Tensor, xs: Sequence[torch.Tensor], mask: torch.Tensor) -> list[torch.Tensor]:
+        """:meth:`run` on tensors: noise z [n, z_dim], condition features xs [n, dim_m] (zeros where not
+        given), mask [n, M] (bool) -> features per modality (CPU float32 [n, dim_m])."""
+        arrays = [t.detach().cpu().float().numpy() for t in (z, *xs, mask)]
+        return [torch.from_numpy(o) for o in self.run(arrays[0], arrays[1:-1], arrays[-1])]
+
     def sample_features(
         self, n: int, given: Mapping[str, Any] | None = None, seed: int | None = None
     ) -> tuple[list[torch.Tensor], dict[str, Any]]:
         """Generated features [n, dim_m] per modality (CPU float32 tensors) and the normalised conditions."""
         xs, mask, raw = encode_conditions(self.modalities, n, given)
-        z = draw_noise(n, self.z_dim, seed)
-        out = self.run(z.numpy(), [x.numpy() for x in xs], mask.float().numpy())
-        return [torch.from_numpy(o) for o in out], raw
+        return self.generate(draw_noise(n, self.z_dim, seed), xs, mask), raw
 
     def sample(
         self,

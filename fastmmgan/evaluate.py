@@ -19,7 +19,8 @@ from .cli import add_verbosity_flags, configure_logging, run_cli
 from .config import TrainConfig
 from .data import MultimodalDataset, load_dataset
 from .errors import FastMMGANError
-from .metrics import CACHE_NAME, Evaluator, missing_classes
+from .evaluator import Evaluator, missing_classes
+from .evaluator_nets import CACHE_NAME
 from .sampler import generator_from_state
 
 

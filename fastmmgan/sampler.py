@@ -22,12 +22,12 @@ from .models import Generator
 
 def draw_noise(n: int, z_dim: int, seed: int | None) -> torch.Tensor:
     """Noise z [n, z_dim] float32 from a CPU generator seeded by ``seed`` (fresh entropy when None)."""
-    gen = torch.Generator()
+    rng = torch.Generator()
     if seed is None:
-        gen.seed()
+        rng.seed()
     else:
-        gen.manual_seed(int(seed))
-    return torch.randn(n, z_dim, generator=gen)
+        rng.manual_seed(int(seed))
+    return torch.randn(n, z_dim, generator=rng)
 
 
 def _broadcast(spec: ModalitySpec, value: Any, n: int) -> Any:
@@ -113,7 +113,8 @@ def decode_outputs(
 
 
 class Sampler:
-    """A trained generator (the EMA copy) ready to sample from raw conditions."""
+    """A trained generator (the EMA copy) ready to sample from raw conditions; a
+    :class:`~fastmmgan.sampler_protocol.MultimodalSampler`."""
 
     def __init__(self, generator: Generator, device: str | torch.device = "cpu") -> None:
         self.generator = generator.to(device).eval()
@@ -123,16 +124,25 @@ class Sampler:
     def modalities(self) -> tuple[ModalitySpec, ...]:
         return self.generator.specs
 
+    @property
+    def z_dim(self) -> int:
+        return self.generator.z_dim
+
+    @torch.no_grad()
+    def generate(self, z: torch.Tensor, xs: Sequence[torch.Tensor], mask: torch.Tensor) -> list[torch.Tensor]:
+        """Features per modality (CPU float32 [n, dim_m]) for exact inputs: noise z [n, z_dim], condition
+        features xs [n, dim_m] (zeros where not given) and mask [n, M] (bool)."""
+        dev = self.device
+        out = self.generator(z.to(dev), [x.to(dev) for x in xs], mask.to(dev))
+        return [o.float().cpu() for o in out]
+
     @torch.no_grad()
     def sample_features(
         self, n: int, given: Mapping[str, Any] | None = None, seed: int | None = None
     ) -> tuple[list[torch.Tensor], dict[str, Any]]:
         """Generated features [n, dim_m] per modality (CPU float32) and the normalised conditions."""
         xs, mask, raw = encode_conditions(self.modalities, n, given)
-        z = draw_noise(n, self.generator.z_dim, seed)
-        dev = self.device
-        out = self.generator(z.to(dev), [x.to(dev) for x in xs], mask.to(dev))
-        return [o.float().cpu() for o in out], raw
+        return self.generate(draw_noise(n, self.z_dim, seed), xs, mask), raw
 
     def sample(
         self,
@@ -155,8 +165,8 @@ def generator_from_state(state: Mapping[str, Any], key: str = "ema") -> Generato
     try:
         cfg = TrainConfig.from_dict(state["config"])
         specs = [ModalitySpec.from_dict(d) for d in state["specs"]]
-        gen = Generator.from_config(specs, cfg)
-        gen.load_state_dict(state[key])
+        generator = Generator.from_config(specs, cfg)
+        generator.load_state_dict(state[key])
     except (KeyError, TypeError, RuntimeError, ValueError) as e:  # FastMMGANError is a ValueError: kept as is
         if isinstance(e, FastMMGANError):
             raise
@@ -164,7 +174,7 @@ def generator_from_state(state: Mapping[str, Any], key: str = "ema") -> Generato
         # load_state_dict's first line is a heading ("Error(s) in loading state_dict ...:"); the next says what.
         reason = next((line for line in lines if not line.endswith(":")), lines[0] if lines else type(e).__name__)
         raise FastMMGANError(f"checkpoint does not describe a loadable generator: {reason}") from None
-    return gen
+    return generator
 
 
 def load_generator(path: str | Path, device: str = "cpu") -> Sampler:

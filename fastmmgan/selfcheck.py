@@ -91,10 +91,10 @@ def run_check(family: str, device: torch.device, dtype: torch.dtype) -> str | No
     agree, else a one-line description of the worst mismatch. Runs with autocast off and grad on."""
     from fastmmgan import kernels
 
-    gen = torch.Generator().manual_seed(0)
+    rng = torch.Generator().manual_seed(0)
 
     def rand(*shape: int, scale: float = 1.0) -> torch.Tensor:
-        return (torch.randn(*shape, generator=gen) * scale).to(device)
+        return (torch.randn(*shape, generator=rng) * scale).to(device)
 
     batch, n = 67, 37
     if family == "fused_dense":

@@ -107,34 +107,34 @@ MMD_ROWS = 256
 :func:`~fastmmgan.step_inputs.draw_step_inputs` puts the rows generated from noise first."""
 
 
-def generator_objective(D: Discriminator, batch: StepInputs, gen: Sequence[torch.Tensor], recipe: Recipe) -> torch.Tensor:
-    """The generator's loss (0-d fp32) for its outputs ``gen`` (M tensors [B, dim_m]) judged by ``D``
+def generator_objective(D: Discriminator, batch: StepInputs, generated: Sequence[torch.Tensor], recipe: Recipe) -> torch.Tensor:
+    """The generator's loss (0-d fp32) for its outputs ``generated`` (M tensors [B, dim_m]) judged by ``D``
     (given modalities replaced by the real ones first), plus the mode-seeking diversity term and the
     MMD between the rows generated from noise alone and the real batch."""
-    fake = compose_fake(batch.real, gen, batch.given)
+    fake = compose_fake(batch.real, generated, batch.given)
     loss_g = generator_loss(recipe.loss, D(fake, batch.mask))
-    loss_g = loss_g + recipe.diversity_weight * diversity_loss(gen, batch.z, batch.given)
+    loss_g = loss_g + recipe.diversity_weight * diversity_loss(generated, batch.z, batch.given)
     if recipe.mmd_weight > 0:
-        loss_g = loss_g + recipe.mmd_weight * batch_mmd(gen, batch)
+        loss_g = loss_g + recipe.mmd_weight * batch_mmd(generated, batch)
     return loss_g
 
 
-def batch_mmd(gen: Sequence[torch.Tensor], batch: StepInputs) -> torch.Tensor:
-    """:func:`~fastmmgan.losses.mmd_loss` between the rows of ``gen`` generated from noise alone and the real
+def batch_mmd(generated: Sequence[torch.Tensor], batch: StepInputs) -> torch.Tensor:
+    """:func:`~fastmmgan.losses.mmd_loss` between the rows of ``generated`` generated from noise alone and the real
     rows, over the leading :data:`MMD_ROWS` rows of the global batch (gathered from every process under
     torchrun, so the loss, and after gradient averaging the gradient, equal one process's). Under torchrun
     everything is packed into one tensor first: one gather (and one reduce-scatter back) instead of one per
     tensor, since each collective costs a round trip."""
     rows = slice(0, MMD_ROWS)
     if in_process_group():
-        widths = [batch.given.shape[1], *(g.shape[1] for g in gen), *(x.shape[1] for x in batch.real)]
-        packed = gather_rows(torch.cat([batch.given.float(), *gen, *batch.real], dim=1))[rows]
+        widths = [batch.given.shape[1], *(g.shape[1] for g in generated), *(x.shape[1] for x in batch.real)]
+        packed = gather_rows(torch.cat([batch.given.float(), *generated, *batch.real], dim=1))[rows]
         given, *parts = packed.split(widths, dim=1)
-        fake, real = parts[: len(gen)], parts[len(gen) :]
+        fake, real = parts[: len(generated)], parts[len(generated) :]
         free = (given == 0).all(dim=1).float()
     else:
         free = (~batch.given.any(dim=1)).float()[rows]
-        fake = [g[rows] for g in gen]
+        fake = [g[rows] for g in generated]
         real = [x[rows] for x in batch.real]
     return mmd_loss(fake, real, free)
 
@@ -178,8 +178,8 @@ class ReferenceStep:
 
     def __call__(self, batch: StepInputs) -> dict[str, torch.Tensor]:
         with autocast(self.device, self.amp_dtype):
-            gen = [x.float() for x in self.G(batch.z, batch.real, batch.given)]
-        fake = compose_fake(batch.real, gen, batch.given)
+            generated = [x.float() for x in self.G(batch.z, batch.real, batch.given)]
+        fake = compose_fake(batch.real, generated, batch.given)
 
         with autocast(self.device, self.amp_dtype):
             loss_d = discriminator_objective(self.D, batch, fake, self.recipe).float()
@@ -192,7 +192,7 @@ class ReferenceStep:
         self.D.requires_grad_(False)
         judge = getattr(self.D, "module", self.D)
         with autocast(self.device, self.amp_dtype):
-            loss_g = generator_objective(judge, batch, gen, self.recipe).float()
+            loss_g = generator_objective(judge, batch, generated, self.recipe).float()
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.D.requires_grad_(True)
@@ -421,9 +421,9 @@ class CompiledStep:
         amp = partial(autocast, self.device, self.amp_dtype)
         with torch.enable_grad():
             with amp():
-                gen = functional_call(self._generate, dict(zip(self.g_names, g_params)), (z, real, given))
-            gen = [x.float() for x in gen]
-            fake = [f.detach() for f in compose_fake(real, gen, given)]
+                generated = functional_call(self._generate, dict(zip(self.g_names, g_params)), (z, real, given))
+            generated = [x.float() for x in generated]
+            fake = [f.detach() for f in compose_fake(real, generated, given)]
             with amp():
                 loss_d = functional_call(self.d_objective, dict(zip(self.d_names, d_params)), (batch, fake)).float()
             d_grads = average_grads(torch.autograd.grad(loss_d, d_params))
@@ -432,7 +432,7 @@ class CompiledStep:
 
         with torch.enable_grad():
             with amp():
-                loss_g = functional_call(self.g_objective, dict(zip(self.d_names, d_new)), (batch, gen)).float()
+                loss_g = functional_call(self.g_objective, dict(zip(self.d_names, d_new)), (batch, generated)).float()
             g_grads = average_grads(torch.autograd.grad(loss_g, g_params))
         ok_g = all_finite(loss_g, g_grads)
         g_new, g_scalars = adam_update(g_params, g_grads, *g_opt, lr_g, self.hyper_g, ok_g)

@@ -84,26 +84,26 @@ def draw_step_inputs(
     per_epoch = n // b
     epoch, pos = divmod(step, per_epoch)
     idx = _epoch_order(n, cfg.seed, epoch)[pos * b : (pos + 1) * b]
-    gen = torch.Generator().manual_seed(_seed_for(cfg.seed, step, 1))
+    rng = torch.Generator().manual_seed(_seed_for(cfg.seed, step, 1))
     m = len(ds.specs)
-    unconditional = torch.rand(b, generator=gen) < UNCONDITIONAL_SHARE
-    some = torch.randint(1, max(2, 2**m - 1), (b,), generator=gen) if m > 1 else torch.zeros(b, dtype=torch.long)
+    unconditional = torch.rand(b, generator=rng) < UNCONDITIONAL_SHARE
+    some = torch.randint(1, max(2, 2**m - 1), (b,), generator=rng) if m > 1 else torch.zeros(b, dtype=torch.long)
     patterns = torch.where(unconditional, 0, some).sort().values
     bits = (patterns[:, None] >> torch.arange(m)) & 1
     mask = ds.mask[idx]
     given = bits.bool() & mask
     real = [x[idx] for x in ds.features]
     if m > 1:
-        partner = torch.randperm(b, generator=gen)
-        swap_pick = torch.multinomial(mask.float() + 1e-6, 1, generator=gen)
+        partner = torch.randperm(b, generator=rng)
+        swap_pick = torch.multinomial(mask.float() + 1e-6, 1, generator=rng)
         swap = torch.zeros_like(mask).scatter_(1, swap_pick, True)
         mismatched = [torch.where(swap[:, m : m + 1], x[partner], x) for m, x in enumerate(real)]
         valid = (mask & mask[partner]).sum(dim=1) >= 2
         valid &= ((swap & mask & mask[partner]).any(dim=1)) & (partner != torch.arange(b))
     else:  # one modality: no row can be mismatched (the step does not judge these rows at all)
         mismatched, valid = real, torch.zeros(b, dtype=torch.bool)
-    z = torch.randn(b, cfg.z_dim, generator=gen)
-    alpha = torch.rand(b, 1, generator=gen)
+    z = torch.randn(b, cfg.z_dim, generator=rng)
+    alpha = torch.rand(b, 1, generator=rng)
     beta = torch.tensor(min(cfg.ema_decay, (1.0 + step) / (10.0 + step)), dtype=torch.float32)
     sl = slice(rank * b // world, (rank + 1) * b // world)
     return StepInputs(

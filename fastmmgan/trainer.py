@@ -29,7 +29,7 @@ from .config import TrainConfig
 from .data import load_dataset
 from .distributed import DistInfo, barrier, broadcast_from_rank0, gather_rows, init_distributed
 from .errors import FastMMGANError, PeerLost, TrainingDiverged
-from .samples import write_samples
+from .sample_grids import write_samples
 from .step import build_step
 from .step_inputs import StepInputs, draw_step_inputs
 
@@ -270,8 +270,9 @@ class Trainer:
         return {"rows_per_process": rows, "slices_make_the_global_batch": bool(torch.equal(together, whole))}
 
     def evaluate(self, n: int = 1000) -> dict[str, float]:
-        """Quality metrics of the EMA generator (see :mod:`fastmmgan.metrics`); evaluators cached in the run."""
-        from .metrics import CACHE_NAME, Evaluator
+        """Quality metrics of the EMA generator (see :mod:`fastmmgan.evaluator`); evaluators cached in the run."""
+        from .evaluator import Evaluator
+        from .evaluator_nets import CACHE_NAME
 
         if self._evaluator is None:
             self._evaluator = Evaluator.build(self.train_ds, self.test_ds, cache_path=self.out / CACHE_NAME, seed=self.cfg.seed)

@@ -31,6 +31,7 @@ from fastmmgan.modalities import ModalitySpec
 from fastmmgan.sampler import generator_from_state
 
 ATOL, RTOL = TOLERANCES["fp32"]
+AUDIO_ATOL = 1e-3
 TINY = TrainConfig(steps=1, batch_size=16, z_dim=8, g_width=32, d_width=32, compile=False, device="cpu")
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -172,7 +173,9 @@ def test_onnx_generator_agrees_with_load_generator(run_dir, onnx_gen, given):
     out_pt, out_ox = sampler.sample(8, given, seed=11), onnx_gen.sample(8, given, seed=11)
     assert out_pt.keys() == out_ox.keys() == {"image", "text", "audio"}
     np.testing.assert_allclose(out_ox["image"], out_pt["image"], atol=ATOL)
-    np.testing.assert_allclose(out_ox["audio"], out_pt["audio"], atol=1e-4)
+    # Griffin-Lim turns float32 rounding of the features into waveform differences of about 1e-4 (1.4e-4
+    # with onnxruntime 1.31); the decoder's contract (tests/test_decoding.py) is 1e-3.
+    np.testing.assert_allclose(out_ox["audio"], out_pt["audio"], atol=AUDIO_ATOL)
     text_scores = feats_pt[1].numpy()
     clear = np.abs(text_scores - 0.5).min(axis=1) > ATOL
     assert clear.sum() >= 6

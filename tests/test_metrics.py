@@ -9,14 +9,12 @@ from fastmmgan import evaluate
 from fastmmgan.cli import run_cli
 from fastmmgan.data import MultimodalDataset, load_dataset
 from fastmmgan.errors import FastMMGANError
-from fastmmgan.metrics import (
-    Evaluator,
-    frechet_distance,
-    load_or_train_evaluators,
-    missing_classes,
-    precision_recall,
-)
+from fastmmgan.evaluator import Evaluator, missing_classes
+from fastmmgan.evaluator_nets import load_or_train_evaluators
+from fastmmgan.metrics import frechet_distance, precision_recall
 from fastmmgan.models import Generator
+from fastmmgan.sampler import draw_noise, encode_conditions, load_generator
+from fastmmgan.sampler_protocol import MultimodalSampler
 
 N = 500
 
@@ -48,34 +46,32 @@ class RealData:
         return [x[idx] for x in self.test_ds.features]
 
 
-class RawSampler:
-    """An ONNX-wrapper stand-in: raw conditions in, raw outputs out (``.modalities`` and ``.sample``)."""
-
-    def __init__(self, features_source):
-        self.inner = features_source
-        self.modalities = features_source.specs
-        self.calls = 0
-
-    def sample(self, n, given=None, seed=None):
-        self.calls += 1
-        xs = [s.encode(given[s.name]) if s.name in given else torch.zeros(n, s.dim) for s in self.modalities]
-        mask = torch.tensor([[s.name in given for s in self.modalities]]).expand(n, -1)
-        z = torch.randn(n, self.inner.z_dim, generator=torch.Generator().manual_seed(seed))
-        out = self.inner(z, xs, mask)
-        return {s.name: s.decode(f) for s, f in zip(self.modalities, out, strict=True)}
-
-
-class ArrayRunner:
-    """An ONNX-wrapper stand-in at the feature level: ``.modalities``, ``.z_dim`` and ``.run`` on numpy arrays."""
+class FeatureSampler:
+    """A :class:`~fastmmgan.sampler_protocol.MultimodalSampler` at the feature level around a generator-like callable."""
 
     def __init__(self, features_source):
         self.inner = features_source
         self.modalities = features_source.specs
         self.z_dim = features_source.z_dim
 
-    def run(self, z, xs, mask):
-        out = self.inner(torch.from_numpy(z), [torch.from_numpy(x) for x in xs], torch.from_numpy(mask) > 0)
-        return [o.numpy() for o in out]
+    def generate(self, z, xs, mask):
+        return self.inner(z, xs, mask)
+
+    def sample_features(self, n, given=None, seed=None):
+        raise NotImplementedError
+
+    def sample(self, n, given=None, seed=None, modalities=None):
+        raise NotImplementedError
+
+
+class SampleOnly:
+    """Raw conditions in, raw samples out, and nothing else: not a MultimodalSampler."""
+
+    def __init__(self, features_source):
+        self.modalities = features_source.specs
+
+    def sample(self, n, given=None, seed=None):
+        raise AssertionError("the evaluator must refuse this source before sampling")
 
 
 @pytest.fixture(scope="module")
@@ -154,16 +150,24 @@ def test_a_stale_or_corrupt_cache_is_rebuilt(data, tmp_path):
     assert torch.load(path, weights_only=True)["key"] == second.key
 
 
-def test_raw_sample_sources_are_evaluated_through_their_codecs(evaluator, data):
-    source = RawSampler(RealData(data[1], data[0]))
-    scores = evaluator.evaluate(source, n=40, seed=0)
-    assert source.calls == 4
-    for key in ("acc/text_to_image", "acc/audio_to_image", "acc/image_to_text", "acc/image_to_audio"):
-        assert scores[key] > 0.9, key
+def test_samplers_are_evaluated_through_the_protocol_like_the_module(evaluator, data, real_scores):
+    assert evaluator.evaluate(FeatureSampler(RealData(data[1], data[0])), n=N, seed=0) == real_scores
 
 
-def test_feature_level_array_sources_match_the_torch_path(evaluator, data, real_scores):
-    assert evaluator.evaluate(ArrayRunner(RealData(data[1], data[0])), n=N, seed=0) == real_scores
+def test_a_source_that_is_not_a_sampler_is_refused_by_name(evaluator, data):
+    with pytest.raises(FastMMGANError, match="cannot evaluate a SampleOnly: expected a Generator or a MultimodalSampler"):
+        evaluator.evaluate(SampleOnly(RealData(data[1], data[0])), n=40, seed=0)
+
+
+def test_sampler_and_onnx_generator_implement_the_protocol(tiny_run):
+    export = pytest.importorskip("fastmmgan.export")
+    sampler = load_generator(tiny_run)
+    onnx_gen = export.OnnxGenerator(export.export_generator(tiny_run, tiny_run / "protocol.onnx").path, device="cpu")
+    assert isinstance(sampler, MultimodalSampler) and isinstance(onnx_gen, MultimodalSampler)
+    xs, mask, _ = encode_conditions(sampler.modalities, 4, {"text": "seven"})
+    z = draw_noise(4, sampler.z_dim, 3)
+    for a, b in zip(sampler.generate(z, xs, mask), onnx_gen.generate(z, xs, mask), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_unlabelled_data_gets_distances_in_a_pca_space(data):

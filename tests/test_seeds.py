@@ -9,8 +9,8 @@ from fastmmgan.checkpoint import load_checkpoint
 from fastmmgan.data import load_dataset
 from fastmmgan.export import OnnxGenerator, export_generator
 from fastmmgan.generate import main as generate_main
+from fastmmgan.sample_grids import write_samples
 from fastmmgan.sampler import generator_from_state
-from fastmmgan.samples import write_samples
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 GIVEN = {"text": "digit seven"}

@@ -29,11 +29,11 @@ def condition_rows(ds: MultimodalDataset, max_rows: int = 10) -> tuple[torch.Ten
     return idx, [f"label {int(ds.labels[i])}" for i in idx.tolist()]
 
 
-def _generate(gen: Generator, xs: Sequence[torch.Tensor], given: torch.Tensor, seed: int) -> list[torch.Tensor]:
-    device = next(gen.parameters()).device
-    z = draw_noise(len(given), gen.z_dim, seed).to(device)
+def _generate(generator: Generator, xs: Sequence[torch.Tensor], given: torch.Tensor, seed: int) -> list[torch.Tensor]:
+    device = next(generator.parameters()).device
+    z = draw_noise(len(given), generator.z_dim, seed).to(device)
     with torch.no_grad():
-        out = gen(z, [x.to(device) for x in xs], given.to(device))
+        out = generator(z, [x.to(device) for x in xs], given.to(device))
     return [o.float().cpu() for o in out]
 
 
@@ -51,15 +51,15 @@ def _write(spec: ModalitySpec, feats: torch.Tensor, rows: int, names: list[str],
         save_wav(path.with_suffix(".wav"), np.concatenate([np.concatenate([w, gap]) for w in waves]), spec.sample_rate)
 
 
-def write_samples(gen: Generator, ds: MultimodalDataset, out_dir: str | Path, seed: int = 0) -> list[Path]:
+def write_samples(generator: Generator, ds: MultimodalDataset, out_dir: str | Path, seed: int = 0) -> list[Path]:
     """Write ``noise_to_X`` for every modality and ``A_to_B`` for every ordered pair into ``out_dir``.
 
     Conditioned sheets have one row per example condition (one per label when labels exist),
     PER_CONDITION samples each; audio sheets keep one clip per row, separated by silence.
     """
     out_dir = Path(out_dir)
-    gen_was_training = gen.training
-    gen.eval()
+    was_training = generator.training
+    generator.eval()
     specs, m = ds.specs, len(ds.specs)
     idx, names = condition_rows(ds)
     rows = len(idx)
@@ -68,7 +68,7 @@ def write_samples(gen: Generator, ds: MultimodalDataset, out_dir: str | Path, se
     written = []
 
     zeros = [torch.zeros(n, s.dim) for s in specs]
-    noise_out = _generate(gen, zeros, torch.zeros(n, m, dtype=torch.bool), seed)
+    noise_out = _generate(generator, zeros, torch.zeros(n, m, dtype=torch.bool), seed)
     for spec, feats in zip(specs, noise_out):
         path = out_dir / f"noise_to_{spec.name}"
         _write(spec, feats, PER_CONDITION, [f"row {r}" for r in range(PER_CONDITION)], path)
@@ -80,11 +80,11 @@ def write_samples(gen: Generator, ds: MultimodalDataset, out_dir: str | Path, se
         xs = [ds.features[a][reps] if k == a else zeros[k] for k in range(m)]
         given = torch.zeros(n, m, dtype=torch.bool)
         given[:, a] = True
-        out = _generate(gen, xs, given, seed)
+        out = _generate(generator, xs, given, seed)
         for b, dst in enumerate(specs):
             if b != a:
                 path = out_dir / f"{src.name}_to_{dst.name}"
                 _write(dst, out[b], rows, names, path)
                 written.append(path)
-    gen.train(gen_was_training)
+    generator.train(was_training)
     return written

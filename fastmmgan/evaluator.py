@@ -1,0 +1,245 @@
+"""Scoring a generator against one dataset split with the evaluator networks.
+
+What :meth:`Evaluator.evaluate` reports:
+
+- ``acc/A_to_B``: share of samples generated from a test-split condition A whose B is classified as A's label;
+- ``agreement``: share of samples generated from noise whose modalities all get the same label;
+- ``coverage``: share of classes generated from noise at no less than a quarter of their real rate (worst modality);
+- ``fid``: Frechet distance in the classifier's penultimate-layer space between generated and real test samples,
+  next to ``fid_floor``, the same distance between real train and real test samples;
+- ``precision`` / ``recall``: improved precision and recall (k-NN radii, Kynkaanniemi et al. 2019) in that space.
+
+Datasets without labels get distances only, in a PCA space fitted on the train split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .data import MultimodalDataset
+from .errors import FastMMGANError
+from .evaluator_nets import EvaluatorNets, load_or_train_evaluators, one_thread
+from .metrics import DEFAULT_K, frechet_distance, precision_recall
+from .modalities import ModalitySpec
+from .sampler import draw_noise
+from .sampler_protocol import MultimodalSampler
+
+COVERED_RATIO = 0.25
+
+FeatureFn = Callable[[Mapping[str, torch.Tensor], int, int], list[torch.Tensor]]
+
+
+def _is_generator_module(obj: Any) -> bool:
+    """A :class:`~fastmmgan.models.Generator`, or anything called like one: ``obj(z, xs, mask)`` with ``.specs``
+    and ``.z_dim``."""
+    return callable(obj) and isinstance(getattr(obj, "specs", None), Sequence) and isinstance(getattr(obj, "z_dim", None), int)
+
+
+def _module_feature_fn(generator: Any) -> FeatureFn:
+    """Runs a generator module in eval mode on its own device, restoring its training flag afterwards."""
+    specs = tuple(generator.specs)
+
+    def run(given: Mapping[str, torch.Tensor], n: int, seed: int) -> list[torch.Tensor]:
+        params = list(generator.parameters()) if isinstance(generator, nn.Module) else []
+        device = params[0].device if params else torch.device("cpu")
+        xs, mask = _condition_inputs(specs, given, n)
+        z = draw_noise(n, generator.z_dim, seed)
+        was_training = bool(getattr(generator, "training", False))
+        if isinstance(generator, nn.Module):
+            generator.eval()
+        try:
+            with torch.no_grad():
+                out = generator(z.to(device), [x.to(device) for x in xs], mask.to(device))
+        finally:
+            if isinstance(generator, nn.Module):
+                generator.train(was_training)
+        return [o.float().cpu() for o in out]
+
+    return run
+
+
+def _sampler_feature_fn(sampler: MultimodalSampler) -> FeatureFn:
+    """Exact condition features through :meth:`MultimodalSampler.generate`, the same noise as the module path."""
+    specs = tuple(sampler.modalities)
+
+    def run(given: Mapping[str, torch.Tensor], n: int, seed: int) -> list[torch.Tensor]:
+        xs, mask = _condition_inputs(specs, given, n)
+        return [o.float().cpu() for o in sampler.generate(draw_noise(n, sampler.z_dim, seed), xs, mask)]
+
+    return run
+
+
+def _condition_inputs(specs: Sequence[ModalitySpec], given: Mapping[str, torch.Tensor], n: int) -> tuple[list, torch.Tensor]:
+    """Condition features (zeros where not given) and the [n, M] bool mask for features given by name."""
+    xs = [given[s.name] if s.name in given else torch.zeros(n, s.dim) for s in specs]
+    return xs, torch.tensor([[s.name in given for s in specs]]).expand(n, -1)
+
+
+def feature_source(source: Any) -> tuple[tuple[ModalitySpec, ...], FeatureFn]:
+    """Specs and a ``(given features by name, n, seed) -> features per modality`` function for a
+    :class:`~fastmmgan.sampler_protocol.MultimodalSampler` (:class:`~fastmmgan.Sampler`,
+    :class:`~fastmmgan.export.OnnxGenerator`) or a generator module (:class:`~fastmmgan.models.Generator`)."""
+    if isinstance(source, MultimodalSampler):
+        return tuple(source.modalities), _sampler_feature_fn(source)
+    if _is_generator_module(source):
+        return tuple(source.specs), _module_feature_fn(source)
+    raise FastMMGANError(f"cannot evaluate a {type(source).__name__}: expected a Generator or a MultimodalSampler "
+                         "(a Sampler, an OnnxGenerator, or an object with .modalities, .z_dim, .generate, "
+                         ".sample_features and .sample)")
+
+
+def _check_specs(specs: Sequence[ModalitySpec], data_specs: Sequence[ModalitySpec]) -> None:
+    mine = [(s.name, s.kind, s.dim) for s in specs]
+    data = [(s.name, s.kind, s.dim) for s in data_specs]
+    if mine != data:
+        raise FastMMGANError(f"the generator's modalities {mine} do not match the dataset's {data}")
+
+
+def _condition_rows(rows: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """n row indices cycling through ``rows`` in a seeded order (each condition used about n/len(rows) times)."""
+    perm = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))
+    return rows[perm[torch.arange(n) % len(rows)]]
+
+
+def _seeded_subset(n_rows: int, size: int, seed: int) -> torch.Tensor:
+    return torch.randperm(n_rows, generator=torch.Generator().manual_seed(seed))[:size]
+
+
+class Evaluator:
+    """Scores generators against one dataset split. Build it once (it trains or loads the evaluators and
+    embeds the real data), then call :meth:`evaluate` as often as needed."""
+
+    def __init__(self, train_ds: MultimodalDataset, test_ds: MultimodalDataset, evaluators: EvaluatorNets) -> None:
+        _check_specs(evaluators.specs, test_ds.specs)
+        self.train_ds, self.test_ds, self.evaluators = train_ds, test_ds, evaluators
+        self.specs = evaluators.specs
+        self._test_embed = {s.name: self._embed_present(test_ds, m) for m, s in enumerate(self.specs)}
+        self._train_embed = {s.name: self._embed_present(train_ds, m) for m, s in enumerate(self.specs)}
+        self._floors: dict[tuple[int, int, int], dict[str, float]] = {}
+
+    @classmethod
+    def build(cls, train_ds: MultimodalDataset, test_ds: MultimodalDataset, cache_path: str | Path | None = None,
+              seed: int = 0) -> Evaluator:
+        """Evaluators from ``cache_path`` (or trained with ``seed`` and cached there) for these splits."""
+        return cls(train_ds, test_ds, load_or_train_evaluators(train_ds, cache_path, seed))
+
+    def _embed_present(self, ds: MultimodalDataset, m: int) -> torch.Tensor:
+        return self.evaluators.embed(self.specs[m].name, ds.features[m][ds.mask[:, m]])
+
+    def real_accuracy(self) -> dict[str, float]:
+        """Each classifier's accuracy on the real test split: the ceiling of the conditional accuracies."""
+        if not self.evaluators.labelled or self.test_ds.labels is None:
+            return {}
+        out = {}
+        for m, spec in enumerate(self.specs):
+            rows = self.test_ds.mask[:, m]
+            pred = self.evaluators.predict(spec.name, self.test_ds.features[m][rows])
+            out[f"evaluator_acc/{spec.name}"] = float((pred == self.test_ds.labels[rows]).double().mean())
+        return out
+
+    def evaluate(self, source: Any, n: int = 1000, seed: int = 0, k: int = DEFAULT_K) -> dict[str, float]:
+        """Every metric for ``source`` (see :func:`feature_source`) from ``n`` samples per direction (conditions
+        cycle through the test split), as flat keys: ``acc/A_to_B``, ``evaluator_acc/<name>``, ``agreement``,
+        ``coverage`` (worst modality), ``coverage/<name>``, ``class_ratio/<name>/<label>``; ``fid``, ``fid_floor``,
+        ``fid_ratio``, ``precision``, ``recall`` (+ ``_floor``) for the primary modality and ``fid/<name>`` etc.
+        for each. Runs on one CPU thread (the generator stays on its device); ``seed`` fixes noise and order."""
+        if not isinstance(n, int) or n < 2:
+            raise FastMMGANError(f"n must be an integer >= 2, got {n!r}")
+        specs, generate = feature_source(source)
+        _check_specs(specs, self.specs)
+        with one_thread():
+            return self._evaluate(generate, n, seed, k)
+
+    def _evaluate(self, generate: FeatureFn, n: int, seed: int, k: int) -> dict[str, float]:
+        metrics = self.real_accuracy()
+        if self.evaluators.labelled and self.test_ds.labels is not None:
+            metrics.update(self._conditional(generate, n, seed))
+        uncond = generate({}, n, seed)
+        if self.evaluators.labelled:
+            metrics.update(self._classes_from_noise(uncond))
+        metrics.update(self._distances(uncond, n, seed, k))
+        return metrics
+
+    def _conditional(self, generate: FeatureFn, n: int, seed: int) -> dict[str, float]:
+        out = {}
+        for a, src in enumerate(self.specs):
+            rows = torch.nonzero(self.test_ds.mask[:, a]).flatten()
+            if len(rows) == 0:
+                continue
+            idx = _condition_rows(rows, n, seed + 1 + a)
+            fake = generate({src.name: self.test_ds.features[a][idx]}, n, seed + 1 + a)
+            labels = self.test_ds.labels[idx]
+            for b, dst in enumerate(self.specs):
+                if b != a:
+                    pred = self.evaluators.predict(dst.name, fake[b])
+                    out[f"acc/{src.name}_to_{dst.name}"] = float((pred == labels).double().mean())
+        return out
+
+    def _classes_from_noise(self, fake: Sequence[torch.Tensor]) -> dict[str, float]:
+        classes = self.evaluators.classes
+        preds = torch.stack([self.evaluators.predict(s.name, f) for s, f in zip(self.specs, fake, strict=True)])
+        out = {"agreement": float((preds == preds[:1]).all(dim=0).double().mean())}
+        real_share = (self.train_ds.labels[:, None] == classes[None]).double().mean(dim=0)
+        for spec, pred in zip(self.specs, preds, strict=True):
+            share = (pred[:, None] == classes[None]).double().mean(dim=0)
+            ratio = share / real_share
+            out[f"coverage/{spec.name}"] = float((ratio >= COVERED_RATIO).double().mean())
+            out.update({f"class_ratio/{spec.name}/{int(c)}": float(r) for c, r in zip(classes, ratio, strict=True)})
+        out["coverage"] = min(out[f"coverage/{s.name}"] for s in self.specs)
+        return out
+
+    def _distances(self, fake: Sequence[torch.Tensor], n: int, seed: int, k: int) -> dict[str, float]:
+        out: dict[str, float] = {}
+        floors = self._floor(n, seed, k)
+        for spec, feats in zip(self.specs, fake, strict=True):
+            real = self._test_embed[spec.name]
+            embedded = self.evaluators.embed(spec.name, feats)
+            m = min(len(embedded), len(real))
+            precision, recall = precision_recall(real[:m], embedded[:m], k)
+            out[f"fid/{spec.name}"] = frechet_distance(embedded, real)
+            out[f"precision/{spec.name}"] = precision
+            out[f"recall/{spec.name}"] = recall
+            for key in ("fid_floor", "precision_floor", "recall_floor"):
+                out[f"{key}/{spec.name}"] = floors[f"{key}/{spec.name}"]
+        primary = self.primary.name
+        for key in ("fid", "fid_floor", "precision", "recall", "precision_floor", "recall_floor"):
+            out[key] = out[f"{key}/{primary}"]
+        out["fid_ratio"] = out["fid"] / out["fid_floor"] if out["fid_floor"] > 0 else float("inf")
+        return out
+
+    def _floor(self, n: int, seed: int, k: int) -> dict[str, float]:
+        """The same distances for a seeded subset of real train samples (as many as generated) vs real test."""
+        if (n, seed, k) not in self._floors:
+            out = {}
+            for spec in self.specs:
+                real, train = self._test_embed[spec.name], self._train_embed[spec.name]
+                sub = train[_seeded_subset(len(train), min(n, len(train)), seed)]
+                m = min(len(sub), len(real))
+                out[f"fid_floor/{spec.name}"] = frechet_distance(sub, real)
+                out[f"precision_floor/{spec.name}"], out[f"recall_floor/{spec.name}"] = precision_recall(
+                    real[:m], sub[:m], k)
+            self._floors[(n, seed, k)] = out
+        return self._floors[(n, seed, k)]
+
+    @property
+    def primary(self) -> ModalitySpec:
+        """The modality the headline distances use: the first image modality, else the first one."""
+        return next((s for s in self.specs if s.kind == "image"), self.specs[0])
+
+
+def missing_classes(metrics: Mapping[str, float], name: str) -> list[int]:
+    """Labels that modality ``name`` generated from noise at under COVERED_RATIO of their real rate."""
+    prefix = f"class_ratio/{name}/"
+    return [int(key[len(prefix):]) for key, value in metrics.items()
+            if key.startswith(prefix) and value < COVERED_RATIO]
+
+
+def evaluate_generator(source: Any, train_ds: MultimodalDataset, test_ds: MultimodalDataset,
+                       cache_path: str | Path | None = None, n: int = 1000, seed: int = 0) -> dict[str, float]:
+    """One-call evaluation (builds an :class:`Evaluator`; keep one around to evaluate repeatedly)."""
+    return Evaluator.build(train_ds, test_ds, cache_path, seed).evaluate(source, n=n, seed=seed)
