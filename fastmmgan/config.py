@@ -5,17 +5,23 @@ from __future__ import annotations
 import hashlib
 import json
 import types
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from .errors import FastMMGANError
-from .losses import check_loss
+from .losses import LOSSES, check_loss
 
 ADDED_FIELDS: dict[str, Any] = {"z_components": 0, "r1_weight": 0.0, "mmd_weight": 0.0, "g_widths": None,
                                  "d_widths": None, "mbstd_group": 4}
 """Fields added after the first release, with the values that reproduce runs saved without them."""
 PRECISIONS = ("auto", "bf16", "fp32")
 COMPILE_BACKENDS = ("inductor", "aot_eager")
+
+
+def _setting(default: Any, help: str, **cli: Any) -> Any:
+    """A config field with its command-line help (and argparse extras such as ``choices``) beside its default:
+    ``python -m fastmmgan.train`` builds one flag per field from these (see :func:`fastmmgan.train.add_config_flags`)."""
+    return field(default=default, metadata={"help": help, **cli})
 
 
 def _matches(value: Any, hint: Any) -> bool:
@@ -40,44 +46,55 @@ def _matches(value: Any, hint: Any) -> bool:
 
 @dataclass
 class TrainConfig:
-    """Everything that decides a run. The defaults train the digits model the README measures (2 CPU
-    cores, under 10 minutes)."""
+    """Everything that decides a run; each field is also a ``python -m fastmmgan.train`` flag (``--batch-size``
+    for ``batch_size``) with the help text given here. The defaults train the digits model the README
+    measures (2 CPU cores, under 10 minutes)."""
 
-    dataset: str = "digits"
-    data: str | None = None
-    steps: int = 25000
-    batch_size: int = 64
-    lr: float = 2e-4
-    d_lr: float | None = 1e-4
-    betas: tuple[float, float] = (0.5, 0.999)
-    loss: str = "ns"
-    gp_weight: float = 10.0
-    r1_weight: float = 0.0
-    diversity_weight: float = 1.2
-    mmd_weight: float = 10.0
-    z_dim: int = 64
-    z_components: int | None = None
-    g_width: int = 512
-    g_depth: int = 2
-    d_width: int = 256
-    d_depth: int = 2
-    g_widths: tuple[int, ...] | None = None
-    d_widths: tuple[int, ...] | None = None
-    mbstd_group: int = 4
-    ema_decay: float = 0.999
-    seed: int = 0
-    test_fraction: float = 0.2
-    device: str = "auto"
-    compile: bool = True
-    compile_backend: str = "inductor"
-    precision: str = "auto"
-    ckpt_every: int = 1000
-    keep_checkpoints: int = 3
-    sample_every: int = 1000
-    eval_every: int = 0
-    log_every: int = 50
-    max_bad_steps: int = 20
-    dist_timeout: float = 300.0
+    dataset: str = _setting("digits", "built-in dataset (digits: image, caption, keypad tone)", group="data source")
+    data: str | None = _setting(None, "user .npz file: one array per modality plus 'kinds' (see README)",
+                                group="data source")
+    steps: int = _setting(25000, "total training steps (D update + G update each)")
+    batch_size: int = _setting(64, "samples per step (global: split over torchrun's processes)")
+    lr: float = _setting(2e-4, "Adam learning rate of the generator")
+    d_lr: float | None = _setting(1e-4, "Adam learning rate of the discriminator")
+    betas: tuple[float, float] = _setting((0.5, 0.999), "Adam betas of both optimizers", metavar=("BETA1", "BETA2"))
+    loss: str = _setting("ns", "GAN loss (ns = non-saturating)", choices=LOSSES)
+    gp_weight: float = _setting(10.0, "gradient penalty weight for wgan-gp")
+    r1_weight: float = _setting(0.0, "gamma of the R1 penalty on the discriminator's gradient at real data (0: off; "
+                                     "not with wgan-gp)")
+    diversity_weight: float = _setting(1.2, "weight of the mode-seeking term that keeps samples from noise diverse (0: off)")
+    mmd_weight: float = _setting(10.0, "weight of the MMD between samples from noise and real data (keeps every cluster)")
+    z_dim: int = _setting(64, "noise size")
+    z_components: int | None = _setting(None, "mixture components of the noise: the argmax of its first K entries picks "
+                                               "one (default: z-dim; 0: plain Gaussian noise)")
+    g_width: int = _setting(512, "generator width (shared space size)")
+    g_depth: int = _setting(2, "generator dense layers after the fusion")
+    d_width: int = _setting(256, "discriminator width")
+    d_depth: int = _setting(2, "discriminator dense layers after the fusion")
+    g_widths: tuple[int, ...] | None = _setting(None, "generator widths per layer, the fusion's first (e.g. 128,256: the "
+                                                      "seeds' 100-128-256-784); overrides --g-width/--g-depth")
+    d_widths: tuple[int, ...] | None = _setting(None, "discriminator widths per layer, the fusion's first (e.g. 256,128: "
+                                                      "the seeds' 784-256-128-1); overrides --d-width/--d-depth")
+    mbstd_group: int = _setting(4, "rows per group of the discriminator's minibatch-stddev feature (0: off, the seeds' "
+                                   "plain MLP)")
+    ema_decay: float = _setting(0.999, "decay of the EMA generator used for samples")
+    seed: int = _setting(0, "seed of data split, init, batches and noise")
+    test_fraction: float = _setting(0.2, "share of the data held out as the test split (metrics, conditions of samples)")
+    device: str = _setting("auto", "auto | cpu | cuda | cuda:N (auto: CUDA when available)")
+    compile: bool = _setting(True, "use the compiled training step (--no-compile: the reference eager step)")
+    compile_backend: str = _setting("inductor", "torch.compile backend of the step: inductor (fast), or aot_eager (the "
+                                                "same autograd graphs run op by op: with FASTMMGAN_KERNELS=triton "
+                                                "TRITON_INTERPRET=1 it runs the CUDA step's Triton kernels on CPU)",
+                                    choices=COMPILE_BACKENDS)
+    precision: str = _setting("auto", "autocast of the losses' forward and backward: auto (bf16 on CUDA, fp32 on CPU), "
+                                      "bf16, fp32; weights, gradients and Adam stay fp32", choices=PRECISIONS)
+    ckpt_every: int = _setting(1000, "steps between checkpoints (0: only at the end)")
+    keep_checkpoints: int = _setting(3, "how many step checkpoints to keep")
+    sample_every: int = _setting(1000, "steps between sample sheets (0: only at the end)")
+    eval_every: int = _setting(0, "steps between quality metrics in metrics.jsonl and TensorBoard (0: never)")
+    log_every: int = _setting(50, "steps between metrics lines")
+    max_bad_steps: int = _setting(20, "stop after this many non-finite (skipped) updates in a row")
+    dist_timeout: float = _setting(300.0, "seconds a process waits for the others under torchrun before failing")
 
     def __post_init__(self) -> None:
         hints = get_type_hints(type(self))

@@ -11,6 +11,7 @@ import torch
 from fastmmgan import generate, load_generator, train
 from fastmmgan.checkpoint import load_checkpoint
 from fastmmgan.cli import run_cli
+from fastmmgan.config import TrainConfig
 from fastmmgan.errors import FastMMGANError
 
 TINY = ["--steps", "6", "--batch-size", "16", "--g-width", "32", "--d-width", "32", "--z-dim", "8",
@@ -138,6 +139,52 @@ def test_train_cli_usage_errors(capsys, argv, message):
         train.build_parser().parse_args(argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+# A value other than the default for every TrainConfig field, as a user would type it.
+OTHER_VALUES = {
+    "dataset": ("--dataset", "digits2", "digits2"), "data": ("--data", "x.npz", "x.npz"), "steps": ("--steps", "7", 7),
+    "batch_size": ("--batch-size", "8", 8),
+    "lr": ("--lr", "0.001", 1e-3), "d_lr": ("--d-lr", "0.002", 2e-3), "betas": ("--betas", "0.1 0.9", (0.1, 0.9)),
+    "loss": ("--loss", "hinge", "hinge"), "gp_weight": ("--gp-weight", "3", 3.0), "r1_weight": ("--r1-weight", "0.5", 0.5),
+    "diversity_weight": ("--diversity-weight", "0", 0.0), "mmd_weight": ("--mmd-weight", "2", 2.0),
+    "z_dim": ("--z-dim", "16", 16), "z_components": ("--z-components", "4", 4), "g_width": ("--g-width", "33", 33),
+    "g_depth": ("--g-depth", "3", 3), "d_width": ("--d-width", "34", 34), "d_depth": ("--d-depth", "1", 1),
+    "g_widths": ("--g-widths", "8,9", (8, 9)), "d_widths": ("--d-widths", "9,8", (9, 8)),
+    "mbstd_group": ("--mbstd-group", "0", 0), "ema_decay": ("--ema-decay", "0.5", 0.5), "seed": ("--seed", "5", 5),
+    "test_fraction": ("--test-fraction", "0.3", 0.3), "device": ("--device", "cpu", "cpu"),
+    "compile": ("--no-compile", None, False), "compile_backend": ("--compile-backend", "aot_eager", "aot_eager"),
+    "precision": ("--precision", "fp32", "fp32"), "ckpt_every": ("--ckpt-every", "4", 4),
+    "keep_checkpoints": ("--keep-checkpoints", "2", 2), "sample_every": ("--sample-every", "5", 5),
+    "eval_every": ("--eval-every", "6", 6), "log_every": ("--log-every", "7", 7), "max_bad_steps": ("--max-bad-steps", "9", 9),
+    "dist_timeout": ("--dist-timeout", "12.5", 12.5),
+}
+
+
+def test_every_config_field_is_a_flag_with_its_default_and_help():
+    """No TrainConfig field is unreachable from the command line: each one's flag sets it, and without flags
+    the parsed config is TrainConfig's defaults."""
+    fields = set(TrainConfig.__dataclass_fields__)
+    assert fields <= OTHER_VALUES.keys(), f"fields without a value in this test: {fields - OTHER_VALUES.keys()}"
+    assert train.config_from_args(train.parse_args([])) == TrainConfig()
+    helps = {a.dest: a.help for a in train.build_parser()._actions}
+    for name, (flag, text, value) in OTHER_VALUES.items():
+        argv = [flag] if text is None else [flag, *text.split()]
+        cfg = train.config_from_args(train.parse_args(argv))
+        assert getattr(cfg, name) == value, flag
+        assert helps[name], f"{flag} has no help"
+        others = {k: v for k, v in cfg.to_dict().items() if k != name and k != "z_components"}
+        assert others == {k: v for k, v in TrainConfig().to_dict().items() if k != name and k != "z_components"}, flag
+    assert "--dataset" in train.build_parser().format_help()
+
+
+def test_train_help_lists_the_flags(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train.build_parser().parse_args(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--batch-size BATCH_SIZE" in out and "Adam betas of both optimizers" in out
+    assert "--dataset DATASET | --data DATA" in out
 
 
 def test_train_cli_unwritable_out(tmp_path, capsys):
