@@ -125,7 +125,7 @@ class Evaluator:
     @classmethod
     def build(cls, train_ds: MultimodalDataset, test_ds: MultimodalDataset, cache_path: str | Path | None = None,
               seed: int = 0) -> Evaluator:
-        """Evaluators from ``cache_path`` (or trained with ``seed`` and cached there) for these splits."""
+        """Evaluator networks from ``cache_path`` (or trained with ``seed`` and cached there) for these splits."""
         return cls(train_ds, test_ds, load_or_train_evaluators(train_ds, cache_path, seed))
 
     def _embed_present(self, ds: MultimodalDataset, m: int) -> torch.Tensor:
