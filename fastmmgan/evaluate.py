@@ -94,6 +94,19 @@ def format_table(metrics: Mapping[str, float], names: list[str], header: list[st
         lines += [f"  {f'{a} -> {b}':<24}{_pct(metrics[f'acc/{a}_to_{b}'])}" for a, b in pairs]
         ceilings = ", ".join(f"{n} {_pct(metrics[f'evaluator_acc/{n}']).strip()}" for n in names)
         lines += [f"  evaluators on real test data: {ceilings}", ""]
+    pairs = [(a, b) for a in names for b in names if a != b and f"spread/{a}_to_{b}" in metrics]
+    if pairs:
+        lines.append("conditional diversity (8 samples per condition; spread: within-condition distance / real "
+                     "within-class, 1.0 = as varied as the data)")
+        lines.append(f"  {'direction':<24}{'spread':>8}{'(eval space)':>14}{'class recall':>14}{'(floor)':>9}"
+                     f"{'distinct':>10}{'(data)':>8}")
+        for a, b in pairs:
+            key = f"{a}_to_{b}"
+            distinct = (f"{metrics[f'distinct/{key}']:>10.2f}{metrics[f'distinct_real/{key}']:>8.2f}"
+                        if f"distinct/{key}" in metrics else "")
+            lines.append(f"  {f'{a} -> {b}':<24}{metrics[f'spread/{key}']:>8.2f}{metrics[f'spread_embed/{key}']:>14.2f}"
+                         f"{metrics[f'cond_recall/{key}']:>14.3f}{metrics[f'cond_recall_floor/{key}']:>9.3f}{distinct}")
+        lines.append("")
     if "agreement" in metrics:
         lines.append("from noise")
         lines.append(f"  {'agreement (all same label)':<28}{_pct(metrics['agreement'])}")

@@ -3,6 +3,9 @@
 What :meth:`Evaluator.evaluate` reports:
 
 - ``acc/A_to_B``: share of samples generated from a test-split condition A whose B is classified as A's label;
+- conditional diversity of each direction: ``spread/A_to_B``, the distance between samples of one condition
+  over the real within-class distance (in feature space, and ``spread_embed`` in the evaluator's), per-class
+  ``cond_recall`` against its real floor, and for text the distinct captions per condition (``distinct``);
 - ``agreement``: share of samples generated from noise whose modalities all get the same label;
 - ``coverage``: share of classes generated from noise at no less than a quarter of their real rate (worst modality);
 - ``fid``: Frechet distance in the classifier's penultimate-layer space between generated and real test samples,
@@ -30,6 +33,8 @@ from .sampler import draw_noise
 from .sampler_protocol import MultimodalSampler
 
 COVERED_RATIO = 0.25
+PER_CONDITION = 8
+"""Noise draws per condition for the conditional-diversity metrics (the sample sheets show as many)."""
 
 FeatureFn = Callable[[Mapping[str, torch.Tensor], int, int], list[torch.Tensor]]
 
@@ -106,6 +111,19 @@ def _condition_rows(rows: torch.Tensor, n: int, seed: int) -> torch.Tensor:
     return rows[perm[torch.arange(n) % len(rows)]]
 
 
+def _mean_pairwise(x: torch.Tensor) -> float:
+    """Mean L2 distance over the distinct pairs of rows of x [n, f] (n >= 2)."""
+    d = torch.cdist(x.double(), x.double())
+    return float(d.sum() / (len(x) * (len(x) - 1)))
+
+
+def _spread(groups: torch.Tensor) -> float:
+    """Mean over groups [g, n, f] of the mean pairwise L2 distance within each group."""
+    d = torch.cdist(groups.double(), groups.double())
+    n = groups.shape[1]
+    return float((d.sum(dim=(1, 2)) / (n * (n - 1))).mean())
+
+
 def _seeded_subset(n_rows: int, size: int, seed: int) -> torch.Tensor:
     return torch.randperm(n_rows, generator=torch.Generator().manual_seed(seed))[:size]
 
@@ -144,7 +162,9 @@ class Evaluator:
 
     def evaluate(self, source: Any, n: int = 1000, seed: int = 0, k: int = DEFAULT_K) -> dict[str, float]:
         """Every metric for ``source`` (see :func:`feature_source`) from ``n`` samples per direction (conditions
-        cycle through the test split), as flat keys: ``acc/A_to_B``, ``evaluator_acc/<name>``, ``agreement``,
+        cycle through the test split), as flat keys: ``acc/A_to_B``, ``evaluator_acc/<name>``, the conditional
+        diversity of each direction (``spread/A_to_B``, ``spread_embed/A_to_B``, ``cond_recall/A_to_B`` and its
+        ``_floor``, ``distinct/A_to_B`` for text; see :meth:`_diversity`), ``agreement``,
         ``coverage`` (worst modality), ``coverage/<name>``, ``class_ratio/<name>/<label>``; ``fid``, ``fid_floor``,
         ``fid_ratio``, ``precision``, ``recall`` (+ ``_floor``) for the primary modality and ``fid/<name>`` etc.
         for each. Runs on one CPU thread (the generator stays on its device); ``seed`` fixes noise and order."""
@@ -159,6 +179,7 @@ class Evaluator:
         metrics = self.real_accuracy()
         if self.evaluators.labelled and self.test_ds.labels is not None:
             metrics.update(self._conditional(generate, n, seed))
+            metrics.update(self._diversity(generate, n, seed, k))
         uncond = generate({}, n, seed)
         if self.evaluators.labelled:
             metrics.update(self._classes_from_noise(uncond))
@@ -179,6 +200,91 @@ class Evaluator:
                     pred = self.evaluators.predict(dst.name, fake[b])
                     out[f"acc/{src.name}_to_{dst.name}"] = float((pred == labels).double().mean())
         return out
+
+    def _diversity(self, generate: FeatureFn, n: int, seed: int, k: int) -> dict[str, float]:
+        """How much conditional samples vary, per direction A -> B, from ``n // PER_CONDITION`` test conditions
+        with ``PER_CONDITION`` noise draws each:
+
+        - ``spread/A_to_B``: mean pairwise L2 distance between the samples of one condition, over the same
+          statistic for real B samples of the condition's class (1.0: as varied as the data; 0: one sample
+          per condition), in feature space (pixels for images); ``spread_embed/A_to_B`` in the evaluator's;
+        - ``cond_recall/A_to_B``: improved recall per class (the share of real test samples of the class inside
+          the k-NN balls of the samples generated for it), averaged over classes, and ``cond_recall_floor/A_to_B``,
+          the same for real train samples in place of generated ones;
+        - for text outputs, ``distinct/A_to_B``: distinct decoded captions per condition, over the data's distinct
+          captions among as many real samples of one class (``distinct_real/A_to_B``).
+        """
+        out: dict[str, float] = {}
+        conditions = max(1, n // PER_CONDITION)
+        labels = self.test_ds.labels
+        for a, src in enumerate(self.specs):
+            rows = torch.nonzero(self.test_ds.mask[:, a]).flatten()
+            if len(rows) == 0:
+                continue
+            idx = _condition_rows(rows, conditions, seed + 101 + a).repeat_interleave(PER_CONDITION)
+            fake = generate({src.name: self.test_ds.features[a][idx]}, len(idx), seed + 101 + a)
+            classes = labels[idx].view(conditions, PER_CONDITION)[:, 0]
+            for b, dst in enumerate(self.specs):
+                if b == a:
+                    continue
+                key = f"{src.name}_to_{dst.name}"
+                groups = fake[b].view(conditions, PER_CONDITION, -1)
+                embedded = self.evaluators.embed(dst.name, fake[b]).view(conditions, PER_CONDITION, -1)
+                out[f"spread/{key}"] = _spread(groups) / self._real_spread(b, classes, embed=False)
+                out[f"spread_embed/{key}"] = _spread(embedded) / self._real_spread(b, classes, embed=True)
+                recall, floor = self._class_recall(b, classes, embedded, k)
+                out[f"cond_recall/{key}"], out[f"cond_recall_floor/{key}"] = recall, floor
+                if dst.kind == "text":
+                    made = [len(set(dst.decode(g))) for g in groups]
+                    real = self._real_distinct(b, classes, seed)
+                    out[f"distinct/{key}"] = sum(made) / len(made)
+                    out[f"distinct_real/{key}"] = real
+        return out
+
+    def _class_rows(self, ds: MultimodalDataset, m: int, label: int) -> torch.Tensor:
+        """Rows of ``ds`` whose label is ``label`` and whose modality ``m`` is present."""
+        return torch.nonzero(ds.mask[:, m] & (ds.labels == label)).flatten()
+
+    def _real_spread(self, m: int, classes: torch.Tensor, embed: bool) -> float:
+        """The real train split's mean within-class pairwise distance of modality ``m``, weighted as ``classes``."""
+        per_class = {}
+        for label in classes.unique().tolist():
+            x = self.train_ds.features[m][self._class_rows(self.train_ds, m, label)]
+            if embed:
+                x = self.evaluators.embed(self.specs[m].name, x)
+            per_class[label] = _mean_pairwise(x) if len(x) >= 2 else float("nan")
+        spread = sum(per_class[int(c)] for c in classes) / len(classes)
+        return spread if spread > 0 else float("nan")
+
+    def _class_recall(self, m: int, classes: torch.Tensor, embedded: torch.Tensor, k: int) -> tuple[float, float]:
+        """Improved recall per class of the generated samples [conditions, per condition, f] and of real train
+        samples, against the real test samples of that class; each averaged over the classes with enough samples."""
+        recalls, floors = [], []
+        flat_classes = classes.repeat_interleave(embedded.shape[1])
+        fake = embedded.reshape(-1, embedded.shape[-1])
+        name = self.specs[m].name
+        for label in classes.unique().tolist():
+            real = self.evaluators.embed(name, self.test_ds.features[m][self._class_rows(self.test_ds, m, label)])
+            made = fake[flat_classes == label]
+            train = self.evaluators.embed(name, self.train_ds.features[m][self._class_rows(self.train_ds, m, label)])
+            size = min(len(real), len(made), len(train))
+            if size <= k:
+                continue
+            recalls.append(precision_recall(real[:size], made[:size], k)[1])
+            floors.append(precision_recall(real[:size], train[:size], k)[1])
+        if not recalls:
+            return float("nan"), float("nan")
+        return sum(recalls) / len(recalls), sum(floors) / len(floors)
+
+    def _real_distinct(self, m: int, classes: torch.Tensor, seed: int) -> float:
+        """Mean number of distinct decoded values among ``PER_CONDITION`` real train samples of one class."""
+        spec, counts = self.specs[m], []
+        rng = torch.Generator().manual_seed(seed)
+        for label in classes.tolist():
+            rows = self._class_rows(self.train_ds, m, int(label))
+            pick = rows[torch.randperm(len(rows), generator=rng)[:PER_CONDITION]]
+            counts.append(len(set(spec.decode(self.train_ds.features[m][pick]))))
+        return sum(counts) / len(counts)
 
     def _classes_from_noise(self, fake: Sequence[torch.Tensor]) -> dict[str, float]:
         classes = self.evaluators.classes

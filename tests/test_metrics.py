@@ -46,6 +46,29 @@ class RealData:
         return [x[idx] for x in self.test_ds.features]
 
 
+class ClassData:
+    """A conditional generator as varied as the data: for a condition, a train sample of the condition's class
+    picked by the noise (the class read from the test row nearest to the condition); ``collapse`` ignores the
+    noise, so every condition gets one sample."""
+
+    z_dim = 4
+
+    def __init__(self, test_ds, train_ds, collapse=False):
+        self.specs, self.test_ds, self.train_ds, self.collapse = test_ds.specs, test_ds, train_ds, collapse
+
+    def __call__(self, z, xs, given):
+        pick = torch.zeros(len(z), dtype=torch.long) if self.collapse else (z[:, 0].abs() * 1e6).long()
+        m = torch.nonzero(given[0]).flatten()
+        if len(m) == 0:
+            return [x[pick % len(self.train_ds)] for x in self.train_ds.features]
+        labels = self.test_ds.labels[torch.cdist(xs[int(m[0])], self.test_ds.features[int(m[0])]).argmin(dim=1)]
+        idx = []
+        for label, p in zip(labels.tolist(), pick.tolist(), strict=True):
+            rows = torch.nonzero(self.train_ds.labels == label).flatten()
+            idx.append(rows[p % len(rows)])
+        return [x[torch.stack(idx)] for x in self.train_ds.features]
+
+
 class FeatureSampler:
     """A :class:`~fastmmgan.sampler_protocol.MultimodalSampler` at the feature level around a generator-like callable."""
 
@@ -129,6 +152,30 @@ def test_a_collapsed_generator_has_poor_recall_coverage_and_distance(evaluator, 
     assert scores[f"class_ratio/image/{label}"] > 5
     assert scores["recall"] < 0.05
     assert scores["fid"] > 10 * real_scores["fid_floor"]
+
+
+DIRECTIONS = ["text_to_image", "audio_to_image", "image_to_text", "image_to_audio", "text_to_audio", "audio_to_text"]
+
+
+def test_conditional_samples_as_varied_as_the_data_score_a_spread_of_one(evaluator, data):
+    scores = evaluator.evaluate(ClassData(data[1], data[0]), n=400, seed=0)
+    for key in DIRECTIONS:
+        assert 0.9 <= scores[f"spread/{key}"] <= 1.1, key
+        assert 0.9 <= scores[f"spread_embed/{key}"] <= 1.1, key
+        assert scores[f"cond_recall/{key}"] >= scores[f"cond_recall_floor/{key}"] - 0.1, key
+    for key in ("image_to_text", "audio_to_text"):
+        assert abs(scores[f"distinct/{key}"] - scores[f"distinct_real/{key}"]) < 0.5, key
+        assert scores[f"distinct/{key}"] > 4
+
+
+def test_one_sample_per_condition_scores_no_spread_one_caption_and_no_class_recall(evaluator, data):
+    """The defect the metric exists for: accurate, but the same output for every noise draw."""
+    scores = evaluator.evaluate(ClassData(data[1], data[0], collapse=True), n=400, seed=0)
+    for key in DIRECTIONS:
+        assert scores[f"acc/{key}"] > 0.8, key
+        assert scores[f"spread/{key}"] == 0.0 and scores[f"spread_embed/{key}"] == 0.0, key
+        assert scores[f"cond_recall/{key}"] < 0.2 < scores[f"cond_recall_floor/{key}"], key
+    assert scores["distinct/image_to_text"] == scores["distinct/audio_to_text"] == 1.0
 
 
 def test_metrics_are_deterministic_and_the_cache_is_reused(evaluator, data, cache, real_scores):
