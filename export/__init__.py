@@ -1,7 +1,8 @@
 """ONNX export of fastmmgan generators and an ONNX Runtime sampler with the :class:`fastmmgan.Sampler` interface.
 
 ``python -m fastmmgan.export RUN_OR_CKPT --out gen.onnx`` writes a checked, self-describing ``.onnx`` file;
-``OnnxGenerator("gen.onnx").sample(n, given, seed)`` samples from it like ``fastmmgan.load_generator`` does.
+``OnnxGenerator("gen.onnx").sample(n, given, seed)`` samples from it like ``fastmmgan.load_generator`` does;
+``fastmmgan.export.server`` serves it over HTTP (``python -m fastmmgan.serve``, with the ``serve`` extra).
 """
 
 from __future__ import annotations
