@@ -12,7 +12,7 @@ from .errors import FastMMGANError
 from .losses import LOSSES, check_loss
 
 ADDED_FIELDS: dict[str, Any] = {"z_components": 0, "r1_weight": 0.0, "mmd_weight": 0.0, "g_widths": None,
-                                 "d_widths": None, "mbstd_group": 4}
+                                 "d_widths": None, "mbstd_group": 4, "cond_diversity_weight": 0.0}
 """Fields added after the first release, with the values that reproduce runs saved without them."""
 PRECISIONS = ("auto", "bf16", "fp32")
 COMPILE_BACKENDS = ("inductor", "aot_eager")
@@ -64,6 +64,9 @@ class TrainConfig:
                                      "not with wgan-gp)")
     diversity_weight: float = _setting(1.2, "weight of the mode-seeking term that keeps samples from noise diverse (0: off)")
     mmd_weight: float = _setting(10.0, "weight of the MMD between samples from noise and real data (keeps every cluster)")
+    cond_diversity_weight: float = _setting(0.0, "weight of the mode-seeking term on conditioned rows: the same "
+                                                 "conditions from two noise draws must differ (0: off; costs a "
+                                                 "second generator pass)")
     z_dim: int = _setting(64, "noise size")
     z_components: int | None = _setting(None, "mixture components of the noise: the argmax of its first K entries picks "
                                                "one (default: z-dim; 0: plain Gaussian noise)")
@@ -126,7 +129,7 @@ class TrainConfig:
         for name in ("ckpt_every", "sample_every", "eval_every", "log_every"):
             if getattr(self, name) < 0:
                 raise FastMMGANError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
-        for name in ("diversity_weight", "r1_weight", "mmd_weight"):
+        for name in ("diversity_weight", "r1_weight", "mmd_weight", "cond_diversity_weight"):
             if not getattr(self, name) >= 0:
                 raise FastMMGANError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         for name in ("lr", "gp_weight"):

@@ -26,7 +26,15 @@ from torch.func import functional_call
 from .adam import adam_hyper, adam_state, adam_update
 from .config import COMPILE_BACKENDS, PRECISIONS, TrainConfig
 from .distributed import average_grads, gather_rows, in_process_group
-from .losses import discriminator_loss, diversity_loss, generator_loss, gradient_penalty, mmd_loss, r1_penalty
+from .losses import (
+    conditional_diversity_loss,
+    discriminator_loss,
+    diversity_loss,
+    generator_loss,
+    gradient_penalty,
+    mmd_loss,
+    r1_penalty,
+)
 from .models import Discriminator, Generator, compose_fake
 from .ops import kernels_mode_now, tf32_allowed
 from .step_inputs import StepInputs
@@ -45,10 +53,25 @@ class Recipe:
     r1_weight: float = TrainConfig.r1_weight
     diversity_weight: float = TrainConfig.diversity_weight
     mmd_weight: float = TrainConfig.mmd_weight
+    cond_diversity_weight: float = TrainConfig.cond_diversity_weight
 
     @classmethod
     def from_config(cls, cfg: TrainConfig) -> Recipe:
-        return cls(cfg.loss, cfg.gp_weight, cfg.r1_weight, cfg.diversity_weight, cfg.mmd_weight)
+        return cls(cfg.loss, cfg.gp_weight, cfg.r1_weight, cfg.diversity_weight, cfg.mmd_weight, cfg.cond_diversity_weight)
+
+
+def generate_twice(
+    run: Callable[[torch.Tensor, Sequence[torch.Tensor], torch.Tensor], Sequence[torch.Tensor]],
+    z: torch.Tensor, real: Sequence[torch.Tensor], given: torch.Tensor, recipe: Recipe,
+) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+    """The generator's outputs for the batch (fp32) and, when the recipe's conditional mode-seeking term is on,
+    its outputs for the same conditions from other noise (each row takes the next row's z), made in the same
+    call on 2B rows. ``run`` is the generator (a module, or the compiled step's functional call of it)."""
+    if recipe.cond_diversity_weight <= 0:
+        return [x.float() for x in run(z, real, given)], None
+    both = run(torch.cat([z, z.roll(-1, 0)]), [torch.cat([x, x]) for x in real], torch.cat([given, given]))
+    outputs = [x.float().chunk(2) for x in both]
+    return [a for a, _ in outputs], [b for _, b in outputs]
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -107,13 +130,20 @@ MMD_ROWS = 256
 :func:`~fastmmgan.step_inputs.draw_step_inputs` puts the rows generated from noise first."""
 
 
-def generator_objective(D: Discriminator, batch: StepInputs, generated: Sequence[torch.Tensor], recipe: Recipe) -> torch.Tensor:
+def generator_objective(
+    D: Discriminator, batch: StepInputs, generated: Sequence[torch.Tensor], recipe: Recipe,
+    alternative: Sequence[torch.Tensor] | None = None,
+) -> torch.Tensor:
     """The generator's loss (0-d fp32) for its outputs ``generated`` (M tensors [B, dim_m]) judged by ``D``
-    (given modalities replaced by the real ones first), plus the mode-seeking diversity term and the
-    MMD between the rows generated from noise alone and the real batch."""
+    (given modalities replaced by the real ones first), plus the mode-seeking diversity term, the MMD
+    between the rows generated from noise alone and the real batch, and, with ``alternative`` (the same
+    conditions from other noise, see :func:`generate_twice`), the conditional mode-seeking term."""
     fake = compose_fake(batch.real, generated, batch.given)
     loss_g = generator_loss(recipe.loss, D(fake, batch.mask))
     loss_g = loss_g + recipe.diversity_weight * diversity_loss(generated, batch.z, batch.given)
+    if alternative is not None:
+        loss_g = loss_g + recipe.cond_diversity_weight * conditional_diversity_loss(
+            generated, alternative, batch.z, batch.z.roll(-1, 0), batch.given)
     if recipe.mmd_weight > 0:
         loss_g = loss_g + recipe.mmd_weight * batch_mmd(generated, batch)
     return loss_g
@@ -178,7 +208,7 @@ class ReferenceStep:
 
     def __call__(self, batch: StepInputs) -> dict[str, torch.Tensor]:
         with autocast(self.device, self.amp_dtype):
-            generated = [x.float() for x in self.G(batch.z, batch.real, batch.given)]
+            generated, alternative = generate_twice(self.G, batch.z, batch.real, batch.given, self.recipe)
         fake = compose_fake(batch.real, generated, batch.given)
 
         with autocast(self.device, self.amp_dtype):
@@ -192,7 +222,7 @@ class ReferenceStep:
         self.D.requires_grad_(False)
         judge = getattr(self.D, "module", self.D)
         with autocast(self.device, self.amp_dtype):
-            loss_g = generator_objective(judge, batch, generated, self.recipe).float()
+            loss_g = generator_objective(judge, batch, generated, self.recipe, alternative).float()
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.D.requires_grad_(True)
@@ -228,8 +258,8 @@ class _Bound(nn.Module):
         self.module = module
         self.objective = objective
 
-    def forward(self, *args):
-        return self.objective(self.module, *args)
+    def forward(self, *args, **kwargs):
+        return self.objective(self.module, *args, **kwargs)
 
 
 class CompiledStep:
@@ -309,6 +339,7 @@ class CompiledStep:
                 raise ValueError("each optimizer must hold exactly its model's parameters, in order")
         if isinstance(backend, str) and backend not in COMPILE_BACKENDS:
             raise ValueError(f"compile backend must be one of {', '.join(COMPILE_BACKENDS)}, got {backend!r}")
+        self.recipe = recipe
         self.d_objective = _Bound(discriminator, partial(discriminator_objective, recipe=recipe))
         self.g_objective = _Bound(discriminator, partial(generator_objective, recipe=recipe))
         self.g_names = ["module." + n for n, _ in generator.named_parameters()]
@@ -421,8 +452,8 @@ class CompiledStep:
         amp = partial(autocast, self.device, self.amp_dtype)
         with torch.enable_grad():
             with amp():
-                generated = functional_call(self._generate, dict(zip(self.g_names, g_params)), (z, real, given))
-            generated = [x.float() for x in generated]
+                run_g = partial(functional_call, self._generate, dict(zip(self.g_names, g_params)))
+                generated, alternative = generate_twice(lambda *a: run_g(a), z, real, given, self.recipe)
             fake = [f.detach() for f in compose_fake(real, generated, given)]
             with amp():
                 loss_d = functional_call(self.d_objective, dict(zip(self.d_names, d_params)), (batch, fake)).float()
@@ -432,7 +463,8 @@ class CompiledStep:
 
         with torch.enable_grad():
             with amp():
-                loss_g = functional_call(self.g_objective, dict(zip(self.d_names, d_new)), (batch, generated)).float()
+                loss_g = functional_call(self.g_objective, dict(zip(self.d_names, d_new)), (batch, generated),
+                                         {"alternative": alternative}).float()
             g_grads = average_grads(torch.autograd.grad(loss_g, g_params))
         ok_g = all_finite(loss_g, g_grads)
         g_new, g_scalars = adam_update(g_params, g_grads, *g_opt, lr_g, self.hyper_g, ok_g)

@@ -89,6 +89,24 @@ def test_diversity_loss_penalises_ignoring_the_noise_on_unconditional_pairs_only
     assert diversity_loss(same, z, half).item() == pytest.approx(0.5e5, rel=1e-3)
 
 
+def test_conditional_diversity_loss_penalises_one_output_per_condition_on_what_was_not_given():
+    from fastmmgan.losses import conditional_diversity_loss
+
+    z, z_alt = torch.randn(4, 3), torch.randn(4, 3)
+    given = torch.tensor([[True, False], [False, True], [False, False], [True, False]])
+    same = [torch.full((4, 5), 0.5), torch.full((4, 2), 0.25)]
+    # Each conditioned row contributes 1 / (0 + 1e-5); the unconditioned row counts 0; the sum is over B = 4.
+    assert conditional_diversity_loss(same, same, z, z_alt, given).item() == pytest.approx(3e5 / 4, rel=1e-3)
+    # A change in a given modality's output is not diversity: it is replaced by the condition anyway.
+    moved_given = [same[0] + given[:, :1].float(), same[1]]
+    assert conditional_diversity_loss(same, moved_given, z, z_alt, given).item() == pytest.approx(3e5 / 4, rel=1e-3)
+    # A change in a modality row 1 was not given takes row 1's share away (row 2 is unconditioned).
+    moved_free = [same[0] + (~given[:, :1]).float(), same[1]]
+    assert conditional_diversity_loss(same, moved_free, z, z_alt, given).item() == pytest.approx(2e5 / 4, rel=1e-3)
+    varied = [x + torch.rand_like(x) for x in same]
+    assert conditional_diversity_loss(same, varied, z, z_alt, given).item() < 10.0
+
+
 def test_mmd_sees_a_missing_cluster_and_pulls_towards_it():
     """Real rows from two clusters; fakes from one of them score worse than fakes from both, and the
     gradient moves the fakes towards the missing cluster. Weights pick the rows that count."""

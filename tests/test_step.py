@@ -109,6 +109,11 @@ def poisoned(batch: StepInputs) -> StepInputs:
     return batch
 
 
+def test_compiled_formulation_matches_reference_with_conditional_mode_seeking(data):
+    """The second generator pass (same conditions, the next row's noise) and its term, in both steps."""
+    make_pair(data, replace(CFG, cond_diversity_weight=2.0), "aot_eager")
+
+
 def test_nan_in_data_skips_the_update_in_both_steps(default_pair, data):
     batch = poisoned(draw_step_inputs(data, STEPS, default_pair.cfg))
     for step, models in ((default_pair.ref, default_pair.ref_models), (default_pair.fast, default_pair.fast_models)):

@@ -148,6 +148,7 @@ OTHER_VALUES = {
     "lr": ("--lr", "0.001", 1e-3), "d_lr": ("--d-lr", "0.002", 2e-3), "betas": ("--betas", "0.1 0.9", (0.1, 0.9)),
     "loss": ("--loss", "hinge", "hinge"), "gp_weight": ("--gp-weight", "3", 3.0), "r1_weight": ("--r1-weight", "0.5", 0.5),
     "diversity_weight": ("--diversity-weight", "0", 0.0), "mmd_weight": ("--mmd-weight", "2", 2.0),
+    "cond_diversity_weight": ("--cond-diversity-weight", "0.5", 0.5),
     "z_dim": ("--z-dim", "16", 16), "z_components": ("--z-components", "4", 4), "g_width": ("--g-width", "33", 33),
     "g_depth": ("--g-depth", "3", 3), "d_width": ("--d-width", "34", 34), "d_depth": ("--d-depth", "1", 1),
     "g_widths": ("--g-widths", "8,9", (8, 9)), "d_widths": ("--d-widths", "9,8", (9, 8)),
