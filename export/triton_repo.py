@@ -16,7 +16,8 @@ from fastmmgan.errors import FastMMGANError
 
 from .metadata import GeneratorMetadata, io_names
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+"""The model names a Triton Inference Server repository accepts (the HTTP server holds its names to the same rule)."""
 MAX_QUEUE_DELAY_US = 2000
 
 
@@ -42,7 +43,7 @@ def triton_config(meta: GeneratorMetadata, name: str, max_batch_size: int = 1024
 
 def check_triton_args(name: str, max_batch_size: int) -> None:
     """Refuse a model name Triton cannot use as a directory, or a batch limit below 1."""
-    if not _NAME.match(name):
+    if not MODEL_NAME.match(name):
         raise FastMMGANError(f"Triton model name {name!r}: use letters, digits, '_', '.' or '-'")
     if max_batch_size < 1:
         raise FastMMGANError(f"Triton max batch size must be positive, got {max_batch_size}")

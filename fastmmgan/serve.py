@@ -11,7 +11,7 @@ import importlib.util
 from .cli import run_cli
 from .errors import FastMMGANError
 
-SERVER_PACKAGES = ("fastapi", "uvicorn", "pydantic")
+SERVER_PACKAGES = ("fastapi", "starlette", "uvicorn", "pydantic")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,328 @@
+"""The Open Inference Protocol (KServe v2) routes, end to end: the real server process, spoken to by Triton's own
+HTTP client (``tritonclient.http``), answers like ``OnnxGenerator.run`` and describes the model as the Triton
+repository written by ``python -m fastmmgan.export --triton-repo`` does, so one client serves both."""
+
+import re
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.http as triton
+from fastapi.testclient import TestClient
+from tritonclient.utils import InferenceServerException
+
+from fastmmgan.cli import run_cli
+from fastmmgan.export import OnnxGenerator, export_generator
+from fastmmgan.export import server as serve
+from fastmmgan.export.server import ServeLimits, create_app
+from fastmmgan.sampler import draw_noise, encode_conditions
+
+MODEL = "digits"  # the exported file's stem
+MAX_ROWS = 8
+CAPTIONS = ["digit seven", "the number 3", "a handwritten zero"]
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_run, tmp_path_factory):
+    """One export: the served .onnx file and, next to it, its Triton model repository."""
+    out = tmp_path_factory.mktemp("oip")
+    return export_generator(tiny_run, out / f"{MODEL}.onnx", triton_repo=out / "repo")
+
+
+@pytest.fixture(scope="module")
+def generator(exported):
+    return OnnxGenerator(exported.path, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def server(exported):
+    """The real CLI on loopback; yields ``host:port`` (tritonclient's form of a URL)."""
+    cmd = [sys.executable, "-m", "fastmmgan.serve", str(exported.path), "--host", "127.0.0.1", "--port", "0",
+           "--threads", "1", "--max-n", str(MAX_ROWS), "--max-wait-ms", "20", "--log-level", "warning"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        match = re.search(rf"on http://(127\.0\.0\.1:\d+) .*Open Inference Protocol model '{MODEL}'", line)
+        assert match, (line, proc.stderr.read() if proc.poll() is not None else "")
+        yield match.group(1)
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    c = triton.InferenceServerClient(url=server, concurrency=16, connection_timeout=30, network_timeout=30)
+    yield c
+    c.close()
+
+
+def graph_inputs(generator, n, seed, given=None):
+    """z, per-modality features and mask for ``n`` rows, as the library's own sampler builds them."""
+    xs, mask, _ = encode_conditions(generator.modalities, n, given)
+    return draw_noise(n, generator.z_dim, seed).numpy(), [x.numpy() for x in xs], mask.float().numpy()
+
+
+def infer_inputs(names_and_arrays):
+    """Client code that works against a Triton server as well: JSON tensors (this server takes no binary data)."""
+    inputs = []
+    for name, array in names_and_arrays:
+        tensor = triton.InferInput(name, list(array.shape), "FP32")
+        tensor.set_data_from_numpy(np.ascontiguousarray(array, dtype=np.float32), binary_data=False)
+        inputs.append(tensor)
+    return inputs
+
+
+def all_inputs(generator, z, xs, mask):
+    return infer_inputs(zip(generator.input_names, [z, *xs, mask], strict=True))
+
+
+def test_health_and_server_metadata(client):
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready(MODEL) and client.is_model_ready(MODEL, "1")
+    assert not client.is_model_ready("gen") and not client.is_model_ready(MODEL, "2")
+    meta = client.get_server_metadata()
+    assert meta["name"] == "fastmmgan" and meta["extensions"] == [] and meta["version"]
+
+
+def test_model_metadata_is_the_onnx_graphs(client, generator):
+    meta = client.get_model_metadata(MODEL)
+    assert client.get_model_metadata(MODEL, "1") == meta
+    assert meta["name"] == MODEL and meta["versions"] == ["1"] and meta["platform"] == "onnxruntime_onnx"
+    for declared, graph in ((meta["inputs"], generator.session.get_inputs()), (meta["outputs"], generator.session.get_outputs())):
+        assert [(t["name"], t["datatype"], t["shape"]) for t in declared] == [
+            (g.name, {"tensor(float)": "FP32"}[g.type], [-1 if isinstance(d, str) else d for d in g.shape]) for g in graph
+        ]
+
+
+def _triton_tensors(section):
+    return [(name, dtype, [int(d) for d in dims.split(",")])
+            for name, dtype, dims in re.findall(r'name: "(\w+)"\s+data_type: TYPE_(\w+)\s+dims: \[([\d, ]+)\]', section)]
+
+
+def test_model_metadata_agrees_with_the_triton_repository(client, exported):
+    """What Triton would report for the repository written with the same export: names, datatypes, dims (its
+    batch axis is implicit with max_batch_size > 0, reported as -1)."""
+    config = (exported.triton_model / "config.pbtxt").read_text()
+    assert (exported.triton_model / "1" / "model.onnx").read_bytes() == exported.path.read_bytes()
+    assert re.search(r'^name: "(\w+)"', config).group(1) == MODEL
+    assert int(re.search(r"max_batch_size: (\d+)", config).group(1)) > 0
+    inputs_text, outputs_text = config.split("output [")
+    expected = {"inputs": _triton_tensors(inputs_text), "outputs": _triton_tensors(outputs_text)}
+    meta = client.get_model_metadata(MODEL)
+    for key in ("inputs", "outputs"):
+        assert [(t["name"], t["datatype"], t["shape"]) for t in meta[key]] == [
+            (name, dtype, [-1, *dims]) for name, dtype, dims in expected[key]
+        ]
+
+
+def test_infer_matches_onnx_runtime(client, generator):
+    z, xs, mask = graph_inputs(generator, 3, seed=11, given={"text": CAPTIONS})
+    wanted = [triton.InferRequestedOutput(name, binary_data=False) for name in generator.output_names]
+    result = client.infer(MODEL, all_inputs(generator, z, xs, mask), outputs=wanted, request_id="req-1")
+    answer = result.get_response()
+    assert (answer["model_name"], answer["model_version"], answer["id"]) == (MODEL, "1", "req-1")
+    for name, expected in zip(generator.output_names, generator.run(z, xs, mask), strict=True):
+        got = result.as_numpy(name)
+        assert got.dtype == np.float32 and got.shape == expected.shape
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_infer_a_subset_of_outputs_with_defaults_on_the_version_route(client, generator):
+    """Asked-for outputs only, in the order asked; a missing modality input is zeros and a missing mask marks
+    the modality inputs sent (here: image) as given."""
+    z, xs, _ = graph_inputs(generator, 2, seed=5)
+    names = [s.name for s in generator.modalities]
+    image = np.random.default_rng(0).random((2, xs[names.index("image")].shape[1]), dtype=np.float32)
+    features = [image if name == "image" else np.zeros_like(x) for name, x in zip(names, xs, strict=True)]
+    mask = np.array([[name == "image" for name in names]] * 2, np.float32)
+    expected = dict(zip(generator.output_names, generator.run(z, features, mask), strict=True))
+    wanted = [triton.InferRequestedOutput(name, binary_data=False) for name in ("audio_out", "text_out")]
+    result = client.infer(MODEL, infer_inputs([("z", z), ("image", image)]), model_version="1", outputs=wanted)
+    assert [o["name"] for o in result.get_response()["outputs"]] == ["audio_out", "text_out"]
+    assert result.get_output("image_out") is None
+    for name in ("audio_out", "text_out"):
+        np.testing.assert_allclose(result.as_numpy(name), expected[name], rtol=1e-6, atol=1e-6)
+
+
+def test_infer_with_the_clients_defaults_gets_json_outputs(client, generator):
+    """tritonclient asks for binary outputs unless told otherwise; this server answers in JSON, which it reads too."""
+    z, xs, mask = graph_inputs(generator, 1, seed=2)
+    result = client.infer(MODEL, all_inputs(generator, z, xs, mask))
+    for name, expected in zip(generator.output_names, generator.run(z, xs, mask), strict=True):
+        np.testing.assert_allclose(result.as_numpy(name), expected, rtol=1e-6, atol=1e-6)
+
+
+def _bad_inputs(generator):
+    z, xs, mask = graph_inputs(generator, 2, seed=1)
+    width = generator.z_dim
+    binary = triton.InferInput("z", [2, width], "FP32")
+    binary.set_data_from_numpy(z)  # the client's default: binary data after the JSON header
+    miscount = infer_inputs([("z", z[:1])])[0].set_shape([2, width])
+    nan = z.copy()
+    nan[1, 3] = np.nan
+    return {
+        "wrong shape": (infer_inputs([("z", z[:, :5])]), f"input 'z': shape [2, 5], expected [-1, {width}]"),
+        "wrong datatype": ([triton.InferInput("z", [2, width], "FP64").set_data_from_numpy(z.astype(np.float64),
+                                                                                           binary_data=False)],
+                           "input 'z': datatype 'FP64', expected FP32"),
+        "element count": ([miscount], f"input 'z': {width} values for shape [2, {width}] ({2 * width} expected)"),
+        "unknown input": (infer_inputs([("z", z), ("noise", z)]), "unknown input 'noise'"),
+        "missing z": (infer_inputs([("mask", mask)]), "input 'z' is required"),
+        "non-finite": (infer_inputs([("z", nan)]), "values must be finite"),
+        "mask not 0/1": (infer_inputs([("z", z), ("mask", mask + 0.5)]), "values must be 0 (not given) or 1"),
+        "mask without input": (infer_inputs([("z", z), ("mask", np.ones_like(mask))]),
+                               "marks 'image' as given, but no 'image' input was sent"),
+        "rows disagree": (infer_inputs([("z", z), ("text", xs[1][:1])]), "the same number of rows"),
+        "too many rows": (infer_inputs([("z", np.zeros((MAX_ROWS + 1, width), np.float32))]), f"1 to {MAX_ROWS} rows"),
+        "binary data": ([binary], "binary tensor data is not supported"),
+    }
+
+
+BAD = ["wrong shape", "wrong datatype", "element count", "unknown input", "missing z", "non-finite", "mask not 0/1",
+       "mask without input", "rows disagree", "too many rows", "binary data"]
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_invalid_tensors_get_400_with_our_message(client, generator, case):
+    inputs, message = _bad_inputs(generator)[case]
+    with pytest.raises(InferenceServerException) as error:
+        client.infer(MODEL, inputs)
+    assert error.value.status() == "400" and message in error.value.message() and "\n" not in error.value.message()
+    assert client.is_server_ready()
+
+
+def test_unknown_model_version_or_output_through_the_client(client, generator):
+    z, xs, mask = graph_inputs(generator, 1, seed=3)
+    inputs = all_inputs(generator, z, xs, mask)
+    for kwargs, status, message in [
+        ({"model_name": "gen"}, "404", f"unknown model 'gen' (this server serves '{MODEL}')"),
+        ({"model_name": MODEL, "model_version": "2"}, "404", "has no version '2'"),
+        ({"model_name": MODEL, "outputs": [triton.InferRequestedOutput("image")]}, "400", "unknown output 'image'"),
+    ]:
+        with pytest.raises(InferenceServerException) as error:
+            client.infer(inputs=inputs, **kwargs)
+        assert error.value.status() == status and message in error.value.message()
+    with pytest.raises(InferenceServerException, match="unknown model 'gen'"):
+        client.get_model_metadata("gen")
+
+
+def test_concurrent_infers_share_the_micro_batcher_with_generate(client, server, generator):
+    """Infer requests go through the batching worker /generate uses (its counters count both): a burst of them
+    is merged into fewer ONNX Runtime runs, and every request gets its own rows back."""
+    http = httpx.Client(base_url=f"http://{server}", timeout=30)
+    before = http.get("/health").json()
+    jobs = [graph_inputs(generator, 1 + i % 3, seed=100 + i, given={"text": "digit four"} if i % 2 else None)
+            for i in range(12)]
+    pending = [client.async_infer(MODEL, all_inputs(generator, *job)) for job in jobs]
+    generated = [http.post("/generate", json={"n": 2, "seed": 7}) for _ in range(2)]
+    results = [p.get_result() for p in pending]
+    for (z, xs, mask), result in zip(jobs, results, strict=True):
+        for name, expected in zip(generator.output_names, generator.run(z, xs, mask), strict=True):
+            np.testing.assert_allclose(result.as_numpy(name), expected, rtol=1e-6, atol=1e-6)
+    assert all(r.status_code == 200 for r in generated)
+    after = http.get("/health").json()
+    http.close()
+    assert after["requests"] - before["requests"] == 14
+    assert after["rows"] - before["rows"] == sum(len(job[0]) for job in jobs) + 4
+    assert after["runs"] - before["runs"] < 14
+
+
+def test_a_full_queue_answers_503_in_the_protocols_form(generator):
+    """While the worker is busy and the queue is full, an infer request is refused at once with 503."""
+    started, gate = threading.Event(), threading.Event()
+    limits = ServeLimits(max_n=2, max_batch=2, max_wait_ms=0.0, max_queue=1)
+    app = create_app(generator, limits)
+    runner = app.state.batcher.runner
+
+    def held(z, xs, mask):
+        started.set()
+        gate.wait(30)
+        return runner(z, xs, mask)
+
+    app.state.batcher.runner = held
+    body = {"inputs": [{"name": "z", "shape": [1, generator.z_dim], "datatype": "FP32", "data": [0.0] * generator.z_dim}]}
+    with TestClient(app) as http:
+        first = threading.Thread(target=lambda: http.post(f"/v2/models/{MODEL}/infer", json=body))
+        first.start()
+        assert started.wait(10)
+        second = threading.Thread(target=lambda: http.post(f"/v2/models/{MODEL}/infer", json=body))
+        second.start()
+        deadline = time.monotonic() + 30
+        while app.state.batcher.stats()["queued"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        r = http.post(f"/v2/models/{MODEL}/infer", json=body)
+        gate.set()
+        first.join(30)
+        second.join(30)
+    assert r.status_code == 503 and r.json() == {"error": "server busy: 1 requests already queued, retry later"}
+
+
+def test_oversized_compressed_or_malformed_bodies_get_one_line_errors(generator):
+    app = create_app(generator, ServeLimits(max_n=2, max_batch=2, max_body_bytes=1024))
+    url = f"/v2/models/{MODEL}/infer"
+    with TestClient(app) as http:
+        big = b'{"inputs": [' + b" " * 2048 + b"]}"
+        r = http.post(url, content=big)
+        assert r.status_code == 413 and r.json() == {"error": f"request body of {len(big)} bytes exceeds the limit of 1024 bytes"}
+        r = http.post(url, content=b"\x1f\x8b...", headers={"content-encoding": "gzip"})
+        assert r.status_code == 400 and r.json() == {"error": "compressed request bodies (gzip) are not supported"}
+        r = http.post(url, content=b'{"inputs": [{"name": "z"')
+        assert r.status_code == 400 and r.json()["error"].startswith("malformed JSON: ")
+        r = http.post(url, json={"inputs": [{"name": "z", "shape": [1, 8], "datatype": "FP32", "data": [0] * 8}], "x": 1})
+        assert r.status_code == 400 and r.json() == {"error": "x: Extra inputs are not permitted"}
+
+
+def test_nested_and_flat_data_are_the_same_tensor(generator):
+    z, xs, mask = graph_inputs(generator, 2, seed=8)
+    expected = generator.run(z, xs, mask)
+    url = f"/v2/models/{MODEL}/infer"
+
+    def body(layout):
+        return {"inputs": [{"name": name, "shape": list(a.shape), "datatype": "FP32", "data": layout(a)}
+                           for name, a in zip(generator.input_names, [z, *xs, mask], strict=True)]}
+
+    with TestClient(create_app(generator)) as http:
+        for layout in (lambda a: a.tolist(), lambda a: a.ravel().tolist()):
+            outputs = http.post(url, json=body(layout)).json()["outputs"]
+            for out, want in zip(outputs, expected, strict=True):
+                assert out["shape"] == list(want.shape) and len(out["data"]) == want.size
+                np.testing.assert_allclose(np.reshape(out["data"], out["shape"]), want, rtol=1e-6, atol=1e-6)
+        ragged = body(lambda a: a.tolist())
+        ragged["inputs"][0]["data"][1] = ragged["inputs"][0]["data"][1][:-1]
+        r = http.post(url, json=ragged)
+        assert r.status_code == 400 and r.json() == {"error": "input 'z': nested data with rows of different lengths"}
+
+
+def test_ready_only_while_the_batching_worker_runs(generator):
+    """Live at once; ready (server and model) only between the worker's start and stop, as OIP says: 4xx = false."""
+    app = create_app(generator)
+    http = TestClient(app)  # no lifespan yet: the worker has not started
+    assert http.get("/v2/health/live").json() == {"live": True}
+    r = http.get("/v2/health/ready")
+    assert r.status_code == 400 and r.json() == {"ready": False}
+    assert http.get(f"/v2/models/{MODEL}/ready").status_code == 400
+    with http:
+        assert http.get("/v2/health/ready").json() == {"ready": True}
+        assert http.get(f"/v2/models/{MODEL}/versions/1/ready").json() == {"name": MODEL, "ready": True}
+    assert http.get("/v2/health/ready").status_code == 400
+
+
+def test_model_name_flag_and_default(generator, exported, capsys):
+    with TestClient(create_app(generator, model_name="mnist-gan.v2")) as http:
+        assert http.get("/v2/models/mnist-gan.v2/ready").json() == {"name": "mnist-gan.v2", "ready": True}
+        assert http.get(f"/v2/models/{MODEL}").status_code == 404
+    assert create_app(OnnxGenerator(exported.path.read_bytes(), device="cpu")).state.model_name == "fastmmgan"
+    for bad in ("my model", "-x", "a/b", ""):
+        # An impossible port as well: were the name let through, start-up still ends (in the port's error).
+        with pytest.raises(SystemExit) as exit_info:
+            run_cli(lambda bad=bad: serve.main([str(exported.path), f"--model-name={bad}", "--port", "70000"]))
+        err = capsys.readouterr().err.strip()
+        assert exit_info.value.code == 2 and "\n" not in err
+        assert err == f"error: model name {bad!r}: use letters, digits, '_', '.' or '-', starting with a letter or digit"
