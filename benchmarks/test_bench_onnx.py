@@ -23,8 +23,8 @@ import os
 import numpy as np
 import pytest
 import torch
-from summary import print_summary
 
+from benchmarks.summary import print_summary
 from fastmmgan.checkpoint import load_checkpoint
 from fastmmgan.config import TrainConfig
 from fastmmgan.export import TOLERANCES, OnnxGenerator, export_generator

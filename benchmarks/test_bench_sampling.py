@@ -23,9 +23,9 @@ import time
 import numpy as np
 import pytest
 import torch
-from summary import print_summary
 
 import fastmmgan
+from benchmarks.summary import print_summary
 from fastmmgan.config import TrainConfig
 from fastmmgan.data import load_digits_dataset
 from fastmmgan.export import OnnxGenerator, export_generator

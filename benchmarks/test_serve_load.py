@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 import pytest
-from serve_load import ServerProcess, check_answers, request_plan, run_load
 
+from benchmarks.serve_load import ServerProcess, check_answers, request_plan, run_load
 from fastmmgan.config import TrainConfig
 from fastmmgan.export import OnnxGenerator, export_generator
 from fastmmgan.trainer import Trainer
