@@ -1,8 +1,9 @@
 """The Open Inference Protocol (KServe v2, HTTP/REST) routes of the HTTP server, for clients written against
 NVIDIA Triton Inference Server (e.g. ``tritonclient.http``): the protocol's messages, the parsing and checking of
-infer requests, the model metadata, and the registration of the ``/v2`` routes on the app.
+infer requests (JSON tensors and Triton's binary tensor data extension), the model metadata, and the registration
+of the ``/v2`` routes on the app.
 
-It is our own code rather than a KServe or Triton server because it is only a small JSON mapping onto the same
+It is our own code rather than a KServe or Triton server because it is only a small mapping onto the same
 :class:`~fastmmgan.export.batching.MicroBatcher` that ``/generate`` uses (see :mod:`fastmmgan.export.server`).
 
 The model is the ONNX graph itself, with the tensors ``python -m fastmmgan.export --triton-repo`` declares
@@ -11,7 +12,7 @@ The model is the ONNX graph itself, with the tensors ``python -m fastmmgan.expor
 ``--model-name`` to choose one) and version ``1``:
 - ``GET /v2/health/live``, ``GET /v2/health/ready``: ``{"live": true}``, ``{"ready": true}`` (400 with
   ``{"ready": false}`` while the batching worker is not running: OIP says 4xx means false).
-- ``GET /v2``: ``{"name", "version", "extensions"}``.
+- ``GET /v2``: ``{"name", "version", "extensions": ["binary_tensor_data"]}``.
 - ``GET /v2/models/{name}[/versions/1]``: ``{"name", "versions", "platform": "onnxruntime_onnx", "inputs",
   "outputs"}``, each tensor ``{"name", "datatype", "shape"}``; ``.../ready``: ``{"name", "ready"}``.
 - ``POST /v2/models/{name}[/versions/1]/infer``: ``{"id"?, "inputs": [{"name", "shape", "datatype", "data"}],
@@ -19,10 +20,23 @@ The model is the ONNX graph itself, with the tensors ``python -m fastmmgan.expor
   "shape", "data"}]}``, ``data`` flat in row-major order (requests may send it flat or nested). ``z`` is
   required; a missing ``<modality>`` input is zeros (a mask sent may not mark it as given), and a missing
   ``mask`` marks exactly the modality inputs sent as given. Values must be finite, the mask 0 or 1, at most
-  ``max_n`` rows per request. Tensor data travels
-  as JSON only: binary tensor data and shared memory are refused with 400; a request for binary outputs gets
-  JSON outputs (tritonclient reads both). Errors are ``{"error": "one line"}``: 400 bad request, 404 unknown
-  model or version, 413 body too large, 503 queue full.
+  ``max_n`` rows per request. Errors are ``{"error": "one line"}``: 400 bad request, 404 unknown model or
+  version, 413 body too large, 503 queue full. Shared memory, classification and compressed bodies are
+  refused with 400.
+
+Binary tensor data (Triton's ``binary_tensor_data`` extension, what ``tritonclient.http`` sends and asks for
+by default):
+- Request: header ``Inference-Header-Content-Length: N``; the body's first N bytes are the JSON request and the
+  rest is the raw bytes of each input whose ``parameters.binary_data_size`` is set, one after the other in the
+  order of ``inputs`` (such an input has no ``data``). FP32 only, little-endian, row-major: each size is
+  4 x the element count of the input's ``shape``, and the sizes add up to exactly the bytes after the JSON.
+  JSON and binary inputs may be mixed; without the header the body is all JSON and no input may be binary.
+- Answer: an output is binary when its ``parameters.binary_data`` says so, else when the request's
+  ``parameters.binary_data_output`` does (tritonclient sets the latter when it names no outputs). With any
+  binary output the answer is ``application/octet-stream`` with the header ``Inference-Header-Content-Length``:
+  the JSON answer (binary outputs carry ``parameters: {"binary_data_size": n}`` and no ``data``) and then their
+  raw bytes in the order of ``outputs``. Otherwise it is plain JSON. Strict JSON has no NaN, so a JSON output
+  that is not finite is a 400; binary outputs carry any float32.
 
 ``/v2`` answers equal ``OnnxGenerator.run`` on the same tensors.
 """
@@ -31,6 +45,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any
@@ -57,12 +73,15 @@ OIP_DATATYPE = "FP32"
 MODEL_VERSION = "1"
 PLATFORM = "onnxruntime_onnx"
 DEFAULT_MODEL_NAME = "fastmmgan"
-BINARY_PARAMETERS = ("binary_data_size",)
 SHARED_MEMORY_PARAMETERS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
-BINARY_REFUSED = (
-    "binary tensor data is not supported: send each tensor's values as JSON \"data\" "
-    "(tritonclient: set_data_from_numpy(array, binary_data=False))"
-)
+EXAMPLE_REQUEST = '{"inputs": [{"name": "z", "shape": [1, 8], "datatype": "FP32", "data": [...]}]}'
+
+# Triton's binary tensor data extension (see the module's docstring): the header giving the length of the JSON
+# part of a body whose rest is raw tensor bytes, the media type of such an answer, and FP32 on the wire.
+BINARY_EXTENSION = "binary_tensor_data"
+HEADER_LENGTH = "Inference-Header-Content-Length"
+BINARY_MEDIA_TYPE = "application/octet-stream"
+WIRE_FP32 = np.dtype("<f4")  # little-endian IEEE 754 single, 4 bytes a value
 
 
 # The protocol's messages.
@@ -130,6 +149,13 @@ class InferInputTensor(BaseModel):
     data: list[Any] = Field(description="the values: flat in row-major order, or lists nested as shape says")
 
 
+class BinaryInputTensor(InferInputTensor):
+    """An input tensor of a request with binary data: its values are ``data``, or the ``parameters.binary_data_size``
+    bytes that are its share of the binary part of the body."""
+
+    data: list[Any] | None = None
+
+
 class InferRequestedOutput(BaseModel):
     """An output the client wants (all of them when the request names none)."""
 
@@ -146,6 +172,12 @@ class InferRequest(BaseModel):
     parameters: dict[str, Any] | None = None
     inputs: list[InferInputTensor] = Field(min_length=1)
     outputs: list[InferRequestedOutput] | None = None
+
+
+class BinaryInferRequest(InferRequest):
+    """The JSON part of a body with binary tensor data (header ``Inference-Header-Content-Length``)."""
+
+    inputs: list[BinaryInputTensor] = Field(min_length=1)  # type: ignore[assignment]
 
 
 class InferOutputTensor(BaseModel):
@@ -169,31 +201,81 @@ class InferResponse(BaseModel):
 # Infer requests: parsing and checking, and the answer.
 
 
-def _refuse_extensions(obj: Mapping[str, Any]) -> None:
-    """400 for the OIP extensions this server does not implement, before field validation would call the
-    binary form's missing ``data`` a mere missing field."""
+def _refuse_extensions(obj: Mapping[str, Any], binary_part: bool) -> None:
+    """400 for the OIP extensions this server does not implement, and for binary inputs in a body without a
+    binary part, before field validation would call their missing ``data`` a mere missing field."""
     for key in ("inputs", "outputs"):
         tensors = obj.get(key)
         for tensor in tensors if isinstance(tensors, list) else ():
             params = tensor.get("parameters") if isinstance(tensor, dict) else None
             if not isinstance(params, dict):
                 continue
-            if any(p in params for p in BINARY_PARAMETERS):
-                raise bad(400, BINARY_REFUSED)
             if any(p in params for p in SHARED_MEMORY_PARAMETERS):
-                raise bad(400, 'shared-memory tensors are not supported: send each tensor\'s values as JSON "data"')
+                raise bad(400, "shared-memory tensors are not supported: send each tensor's values in the body")
             if params.get("classification"):
                 raise bad(400, "the classification extension is not supported: ask for the output without it")
+            if key == "inputs" and "binary_data_size" in params and not binary_part:
+                raise bad(400, f"input {tensor.get('name')!r}: parameters.binary_data_size without a {HEADER_LENGTH} header "
+                               "(the length of the JSON part of the body, the binary data following it)")
 
 
-def parse_infer_request(body: bytes) -> InferRequest:
-    """JSON body -> Open Inference Protocol infer request (400 when anything is wrong, as OIP specifies)."""
-    obj = json_object(body, '{"inputs": [{"name": "z", "shape": [1, 8], "datatype": "FP32", "data": [...]}]}')
-    _refuse_extensions(obj)
+def split_body(body: bytes, header_length: str) -> tuple[bytes, bytes]:
+    """A body with binary tensor data -> (its JSON part, its binary part), at ``Inference-Header-Content-Length``;
+    400 when that is no byte count within the body."""
+    value = header_length.strip()
+    if not re.fullmatch(r"[0-9]{1,19}", value):
+        raise bad(400, f"{HEADER_LENGTH} {header_length[:40]!r} is no byte count (the length of the JSON part of the body)")
+    size = int(value)
+    if size > len(body):
+        raise bad(400, f"{HEADER_LENGTH} {size} is past the end of the {len(body)}-byte body "
+                       "(it is the length of the JSON part at the body's start)")
+    return body[:size], body[size:]
+
+
+def binary_inputs(req: InferRequest, binary: bytes) -> list[bytes | None]:
+    """Each input's raw bytes (None for one sent as JSON ``data``): the binary part of the body cut, in input
+    order, at the ``parameters.binary_data_size`` of the binary inputs. 400 unless each size is 4 bytes per
+    element of the input's declared shape (FP32 only) and the sizes add up to exactly the binary part."""
+    raws: list[bytes | None] = []
+    offset = 0
+    for tensor in req.inputs:
+        where = f"input {tensor.name!r}"
+        size = (tensor.parameters or {}).get("binary_data_size")
+        if size is None:
+            if tensor.data is None:
+                raise bad(400, f'{where}: no "data" and no parameters.binary_data_size: send its values one way')
+            raws.append(None)
+            continue
+        if tensor.data is not None:
+            raise bad(400, f'{where}: both "data" and parameters.binary_data_size: send its values one way')
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise bad(400, f"{where}: parameters.binary_data_size must be a byte count, got {str(size)[:40]!r}")
+        if tensor.datatype != OIP_DATATYPE:
+            raise bad(400, f"{where}: datatype {tensor.datatype!r}, expected {OIP_DATATYPE}")
+        expected = WIRE_FP32.itemsize * math.prod(tensor.shape)
+        if size != expected:
+            raise bad(400, f"{where}: binary_data_size {size} for shape {tensor.shape} "
+                           f"({expected} expected: {WIRE_FP32.itemsize} bytes per {OIP_DATATYPE} value)")
+        raws.append(binary[offset:offset + size])  # the binary inputs' bytes lie back to back, in input order
+        offset += size
+    if offset != len(binary):
+        raise bad(400, f"binary tensor data: the inputs' binary_data_size add up to {offset} bytes, "
+                       f"but {len(binary)} bytes follow the JSON part of the body ({HEADER_LENGTH})")
+    return raws
+
+
+def parse_infer_request(body: bytes, header_length: str | None = None) -> tuple[InferRequest, list[bytes | None]]:
+    """Body -> Open Inference Protocol infer request and each input's raw bytes (None for JSON ``data``), 400 when
+    anything is wrong, as OIP specifies. ``header_length``: the ``Inference-Header-Content-Length`` header, when
+    the body is a JSON part followed by binary tensor data; None: the body is all JSON."""
+    json_part, binary = (body, None) if header_length is None else split_body(body, header_length)
+    obj = json_object(json_part, EXAMPLE_REQUEST)
+    _refuse_extensions(obj, binary is not None)
     try:
-        return InferRequest.model_validate(obj)
+        req = (InferRequest if binary is None else BinaryInferRequest).model_validate(obj)
     except ValidationError as e:
         raise bad(400, one_line(e.errors())) from None
+    return req, [None] * len(req.inputs) if binary is None else binary_inputs(req, binary)
 
 
 def _nested(node: list[Any], depth: int, rank: int, flat: list[Any]) -> list[int]:
@@ -212,13 +294,19 @@ def _nested(node: list[Any], depth: int, rank: int, flat: list[Any]) -> list[int
     return [len(node)]
 
 
-def tensor_from_request(tensor: InferInputTensor, width: int) -> np.ndarray:
-    """One FP32 input ``[rows, width]`` as float32; 400 for a wrong datatype, shape, count or value."""
+def tensor_from_request(tensor: InferInputTensor, width: int, raw: bytes | None = None) -> np.ndarray:
+    """One FP32 input ``[rows, width]`` as float32, from its JSON ``data`` or its ``raw`` bytes (binary data, their
+    size already checked against the shape by :func:`binary_inputs`); 400 for a wrong datatype, shape, count or
+    value."""
     where = f"input {tensor.name!r}"
     if tensor.datatype != OIP_DATATYPE:
         raise bad(400, f"{where}: datatype {tensor.datatype!r}, expected {OIP_DATATYPE}")
     if len(tensor.shape) != 2 or tensor.shape[1] != width:
         raise bad(400, f"{where}: shape {tensor.shape}, expected [-1, {width}] (rows, {width} values each)")
+    if raw is not None:
+        values = np.frombuffer(raw, WIRE_FP32).astype(np.float32)  # a copy in native order, row-major as sent
+        return _finite(values, where).reshape(tensor.shape)
+    assert tensor.data is not None  # binary_inputs: each input has its data one way
     flat: list[Any] = []
     try:
         nested = _nested(tensor.data, 1, len(tensor.shape), flat)
@@ -233,26 +321,31 @@ def tensor_from_request(tensor: InferInputTensor, width: int) -> np.ndarray:
         with np.errstate(over="ignore"):  # beyond float32's range becomes inf, refused just below
             values = np.array(flat, dtype=np.float64).astype(np.float32)
     except OverflowError:  # an integer beyond float64
-        values = np.full(1, np.inf, np.float32)
+        return _finite(np.full(1, np.inf, np.float32), where)
+    return _finite(values, where).reshape(tensor.shape)
+
+
+def _finite(values: np.ndarray, where: str) -> np.ndarray:
     if not np.isfinite(values).all():
         raise bad(400, f"{where}: values must be finite float32 numbers (NaN, infinity or beyond 3.4e38 found)")
-    return values.reshape(tensor.shape)
+    return values
 
 
 def inputs_from_request(
-    req: InferRequest, input_names: Sequence[str], widths: Sequence[int], max_rows: int
+    req: InferRequest, raws: Sequence[bytes | None], input_names: Sequence[str], widths: Sequence[int], max_rows: int
 ) -> list[np.ndarray]:
-    """The graph inputs ``[z, x_1..x_M, mask]`` of an infer request. ``z`` is required; a missing modality input
-    is zeros (not given), a missing mask marks exactly the modality inputs sent as given; 400 when wrong."""
+    """The graph inputs ``[z, x_1..x_M, mask]`` of an infer request, each from its JSON data or from its bytes in
+    ``raws`` (as :func:`parse_infer_request` gives them). ``z`` is required; a missing modality input is zeros
+    (not given), a missing mask marks exactly the modality inputs sent as given; 400 when wrong."""
     z_name, *x_names, mask_name = input_names
     width = dict(zip(input_names, widths, strict=True))
     sent: dict[str, np.ndarray] = {}
-    for tensor in req.inputs:
+    for tensor, raw in zip(req.inputs, raws, strict=True):
         if tensor.name not in width:
             raise bad(400, f"unknown input {tensor.name!r} (this model's inputs: {', '.join(input_names)})")
         if tensor.name in sent:
             raise bad(400, f"input {tensor.name!r} is sent twice")
-        sent[tensor.name] = tensor_from_request(tensor, width[tensor.name])
+        sent[tensor.name] = tensor_from_request(tensor, width[tensor.name], raw)
     if z_name not in sent:
         raise bad(400, f"input {z_name!r} is required: the noise, shape [-1, {width[z_name]}]")
     rows = len(sent[z_name])
@@ -274,37 +367,64 @@ def inputs_from_request(
     return [sent[z_name], *xs, mask]
 
 
-def outputs_from_request(req: InferRequest, output_names: Sequence[str]) -> list[int]:
-    """Indices of the outputs to answer with, in the order asked (all, in graph order, when none are named)."""
+def _flag(params: Mapping[str, Any] | None, key: str, where: str, default: bool) -> bool:
+    """A true/false parameter (absent or null: ``default``); 400 for anything else."""
+    value = (params or {}).get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise bad(400, f"{where}parameters.{key} must be true or false, got {str(value)[:40]!r}")
+    return value
+
+
+def outputs_from_request(req: InferRequest, output_names: Sequence[str]) -> list[tuple[int, bool]]:
+    """``(index, binary)`` of each output to answer with, in the order asked (all, in graph order, when none are
+    named): binary as the output's ``parameters.binary_data`` says, else as the request's
+    ``parameters.binary_data_output`` does (JSON when neither does)."""
+    default = _flag(req.parameters, "binary_data_output", "", False)
     if not req.outputs:
-        return list(range(len(output_names)))
-    chosen: list[int] = []
+        return [(i, default) for i in range(len(output_names))]
+    chosen: list[tuple[int, bool]] = []
     for out in req.outputs:
         if out.name not in output_names:
             raise bad(400, f"unknown output {out.name!r} (this model's outputs: {', '.join(output_names)})")
-        if output_names.index(out.name) in chosen:
+        index = output_names.index(out.name)
+        if any(i == index for i, _ in chosen):
             raise bad(400, f"output {out.name!r} is asked for twice")
-        chosen.append(output_names.index(out.name))
+        chosen.append((index, _flag(out.parameters, "binary_data", f"output {out.name!r}: ", default)))
     return chosen
 
 
 def infer_answer(
-    model_name: str, req: InferRequest, output_names: Sequence[str], outputs: Sequence[np.ndarray], chosen: Sequence[int]
-) -> bytes:
-    """The JSON answer: the chosen outputs as flat FP32 data; 400 when the model's outputs are not finite
-    (strict JSON has no NaN, and only inputs far outside the trained range produce them)."""
-    tensors = []
-    for i in chosen:
+    model_name: str, req: InferRequest, output_names: Sequence[str], outputs: Sequence[np.ndarray],
+    chosen: Sequence[tuple[int, bool]],
+) -> tuple[bytes, int | None]:
+    """The answer body and, when it has binary outputs, the length of its JSON part (else None: all JSON). JSON
+    outputs are flat FP32 ``data``, 400 when not finite (strict JSON has no NaN, and only inputs far outside the
+    trained range produce them); binary outputs are ``parameters.binary_data_size`` in the JSON and their bytes
+    after it."""
+    tensors, blobs = [], []
+    for i, binary in chosen:
         out = outputs[i]
-        if not np.isfinite(out).all():
-            raise bad(400, f"output {output_names[i]!r} is not finite for these inputs (values far outside the usual range?)")
-        tensors.append({"name": output_names[i], "datatype": OIP_DATATYPE, "shape": list(out.shape),
-                        "data": out.ravel().tolist()})
+        tensor: dict[str, Any] = {"name": output_names[i], "datatype": OIP_DATATYPE, "shape": list(out.shape)}
+        if binary:
+            # Little-endian FP32 in row-major order, appended in the order of the outputs in the JSON.
+            blobs.append(np.ascontiguousarray(out, dtype=WIRE_FP32).tobytes())
+            tensor["parameters"] = {"binary_data_size": len(blobs[-1])}
+        else:
+            if not np.isfinite(out).all():
+                raise bad(400, f"output {output_names[i]!r} is not finite for these inputs "
+                               "(values far outside the usual range? binary outputs carry them)")
+            tensor["data"] = out.ravel().tolist()
+        tensors.append(tensor)
     answer: dict[str, Any] = {"model_name": model_name, "model_version": MODEL_VERSION}
     if req.id is not None:
         answer["id"] = req.id
     answer["outputs"] = tensors
-    return json.dumps(answer, allow_nan=False).encode()
+    header = json.dumps(answer, allow_nan=False).encode()
+    if not blobs:
+        return header, None
+    return b"".join([header, *blobs]), len(header)
 
 
 # The model: its name and metadata.
@@ -394,7 +514,7 @@ def add_routes(app: FastAPI, generator: OnnxGenerator, batcher: MicroBatcher, li
 
     @app.get("/v2", response_model=ServerMetadata)
     async def server_metadata() -> dict[str, Any]:
-        return {"name": "fastmmgan", "version": __version__, "extensions": []}
+        return {"name": "fastmmgan", "version": __version__, "extensions": [BINARY_EXTENSION]}
 
     async def model_ready(name: str, version: str | None) -> Response:
         check_model(name, version)
@@ -407,24 +527,28 @@ def add_routes(app: FastAPI, generator: OnnxGenerator, batcher: MicroBatcher, li
 
     async def infer(request: Request, name: str, version: str | None) -> Response:
         check_model(name, version)
-        if "inference-header-content-length" in request.headers:
-            raise bad(400, BINARY_REFUSED)
+        header_lengths = request.headers.getlist(HEADER_LENGTH)  # present: a JSON part, then binary tensor data
+        if len(header_lengths) > 1:
+            raise bad(400, f"{len(header_lengths)} {HEADER_LENGTH} headers: send one")
         encoding = request.headers.get("content-encoding", "identity").strip().lower()
         if encoding != "identity":
             raise bad(400, f"compressed request bodies ({encoding}) are not supported")
         body = await read_body(request, limits.max_body_bytes)
 
-        def parse() -> tuple[InferRequest, list[np.ndarray], list[int]]:  # CPU work: off the event loop
-            req = parse_infer_request(body)
-            return req, inputs_from_request(req, input_names, in_widths, limits.max_n), outputs_from_request(req, output_names)
+        def parse() -> tuple[InferRequest, list[np.ndarray], list[tuple[int, bool]]]:  # CPU work: off the event loop
+            req, raws = parse_infer_request(body, header_lengths[0] if header_lengths else None)
+            inputs = inputs_from_request(req, raws, input_names, in_widths, limits.max_n)
+            return req, inputs, outputs_from_request(req, output_names)
 
         req, inputs, chosen = await run_in_threadpool(parse)
         try:
             outputs = await batcher.submit(inputs)
         except ServerBusy as e:
             raise bad(503, str(e)) from None
-        answer = await run_in_threadpool(infer_answer, served, req, output_names, outputs, chosen)
-        return Response(answer, media_type="application/json")
+        answer, json_length = await run_in_threadpool(infer_answer, served, req, output_names, outputs, chosen)
+        if json_length is None:
+            return Response(answer, media_type="application/json")
+        return Response(answer, media_type=BINARY_MEDIA_TYPE, headers={HEADER_LENGTH: str(json_length)})
 
     infer_errors = error_answers(OIPError, {400: "malformed request, or invalid tensors (name, datatype, shape, count, values)",
                                             404: "unknown model or version", 413: "request body too large",
@@ -432,6 +556,22 @@ def add_routes(app: FastAPI, generator: OnnxGenerator, batcher: MicroBatcher, li
     infer_body = json_body(InferRequest, {"id": "example", "inputs": [
         {"name": input_names[0], "shape": [1, generator.z_dim], "datatype": OIP_DATATYPE, "data": [0.5] * generator.z_dim}
     ]})
+    # The binary tensor data extension: the same JSON, followed by raw tensor bytes, its length in a header.
+    raw_bytes = {"schema": {"type": "string", "format": "binary"}}
+    infer_body["requestBody"]["description"] = (
+        f"JSON, or with binary tensor data ({BINARY_MEDIA_TYPE}): the JSON request ({HEADER_LENGTH} bytes) followed by the "
+        "little-endian FP32 bytes of each input with parameters.binary_data_size, in input order")
+    infer_body["requestBody"]["content"][BINARY_MEDIA_TYPE] = raw_bytes
+    length = {"schema": {"type": "integer", "minimum": 0},
+              "description": "with binary tensor data: the length of the JSON part at the body's start"}
+    infer_body["parameters"] = [{"name": HEADER_LENGTH, "in": "header", "required": False, **length}]
+    infer_answers: dict[int | str, dict[str, Any]] = {200: {
+        "description": f"the outputs as JSON or, when any is asked for as binary data, as {BINARY_MEDIA_TYPE}: the JSON "
+                       f"answer ({HEADER_LENGTH} bytes; binary outputs have parameters.binary_data_size, no data) followed "
+                       "by the little-endian FP32 bytes of the binary outputs, in output order",
+        "content": {BINARY_MEDIA_TYPE: raw_bytes},
+        "headers": {HEADER_LENGTH: length},
+    }, **infer_errors}
     ready_answers = {400: {"model": ModelReadyResponse, "description": "not ready"}, **not_found}
     # Each route with and without /versions/{version}; separate endpoints, so neither documents the other's
     # path parameter as a query parameter.
@@ -443,7 +583,7 @@ def add_routes(app: FastAPI, generator: OnnxGenerator, batcher: MicroBatcher, li
         app.add_api_route(prefix + "/ready", wrap(model_ready), methods=["GET"], response_model=ModelReadyResponse,
                           responses=ready_answers, name="model ready" + (" (version)" if versioned else ""))
         app.add_api_route(prefix + "/infer", wrap(infer, with_request=True), methods=["POST"],
-                          response_model=InferResponse, responses=infer_errors, openapi_extra=infer_body,
+                          response_model=InferResponse, responses=infer_answers, openapi_extra=infer_body,
                           name="model infer" + (" (version)" if versioned else ""))
 
 

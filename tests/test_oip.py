@@ -2,6 +2,7 @@
 HTTP client (``tritonclient.http``), answers like ``OnnxGenerator.run`` and describes the model as the Triton
 repository written by ``python -m fastmmgan.export --triton-repo`` does, so one client serves both."""
 
+import json
 import re
 import subprocess
 import sys
@@ -69,18 +70,33 @@ def graph_inputs(generator, n, seed, given=None):
     return draw_noise(n, generator.z_dim, seed).numpy(), [x.numpy() for x in xs], mask.float().numpy()
 
 
-def infer_inputs(names_and_arrays):
-    """Client code that works against a Triton server as well: JSON tensors (this server takes no binary data)."""
+def infer_inputs(names_and_arrays, binary=()):
+    """Client code that works against a Triton server as well: JSON tensors, but binary tensor data (the client's
+    default) for the inputs named in ``binary`` (True: all)."""
     inputs = []
     for name, array in names_and_arrays:
         tensor = triton.InferInput(name, list(array.shape), "FP32")
-        tensor.set_data_from_numpy(np.ascontiguousarray(array, dtype=np.float32), binary_data=False)
+        tensor.set_data_from_numpy(np.ascontiguousarray(array, dtype=np.float32), binary_data=binary is True or name in binary)
         inputs.append(tensor)
     return inputs
 
 
-def all_inputs(generator, z, xs, mask):
-    return infer_inputs(zip(generator.input_names, [z, *xs, mask], strict=True))
+def all_inputs(generator, z, xs, mask, binary=()):
+    return infer_inputs(zip(generator.input_names, [z, *xs, mask], strict=True), binary)
+
+
+def assert_outputs(result, expected, binary):
+    """Each output of ``result`` as ``expected`` says (name -> array), sent as binary data or as JSON as ``binary``
+    says, and equal to ``expected``."""
+    for name, want in expected.items():
+        sent = result.get_output(name)
+        if binary:
+            assert sent["parameters"] == {"binary_data_size": 4 * want.size} and "data" not in sent
+        else:
+            assert "parameters" not in sent and len(sent["data"]) == want.size
+        got = result.as_numpy(name)
+        assert got.dtype == np.float32 and got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
 
 def test_health_and_server_metadata(client):
@@ -88,7 +104,7 @@ def test_health_and_server_metadata(client):
     assert client.is_model_ready(MODEL) and client.is_model_ready(MODEL, "1")
     assert not client.is_model_ready("gen") and not client.is_model_ready(MODEL, "2")
     meta = client.get_server_metadata()
-    assert meta["name"] == "fastmmgan" and meta["extensions"] == [] and meta["version"]
+    assert meta["name"] == "fastmmgan" and meta["extensions"] == ["binary_tensor_data"] and meta["version"]
 
 
 def test_model_metadata_is_the_onnx_graphs(client, generator):
@@ -151,22 +167,101 @@ def test_infer_a_subset_of_outputs_with_defaults_on_the_version_route(client, ge
         np.testing.assert_allclose(result.as_numpy(name), expected[name], rtol=1e-6, atol=1e-6)
 
 
-def test_infer_with_the_clients_defaults_gets_json_outputs(client, generator):
-    """tritonclient asks for binary outputs unless told otherwise; this server answers in JSON, which it reads too."""
-    z, xs, mask = graph_inputs(generator, 1, seed=2)
-    result = client.infer(MODEL, all_inputs(generator, z, xs, mask))
-    for name, expected in zip(generator.output_names, generator.run(z, xs, mask), strict=True):
-        np.testing.assert_allclose(result.as_numpy(name), expected, rtol=1e-6, atol=1e-6)
+def test_infer_with_the_clients_defaults_binary_in_and_out(client, generator):
+    """tritonclient's defaults: every input as binary data after the JSON, every output asked for as binary data
+    (request parameter binary_data_output, as no outputs are named)."""
+    z, xs, mask = graph_inputs(generator, 3, seed=2, given={"text": CAPTIONS})
+    inputs = []
+    for name, array in zip(generator.input_names, [z, *xs, mask], strict=True):
+        inputs.append(triton.InferInput(name, list(array.shape), "FP32").set_data_from_numpy(array))
+    result = client.infer(MODEL, inputs, request_id="bin-1")
+    assert result.get_response()["id"] == "bin-1"
+    assert_outputs(result, dict(zip(generator.output_names, generator.run(z, xs, mask), strict=True)), binary=True)
+
+
+def test_binary_inputs_with_json_outputs(client, generator):
+    z, xs, mask = graph_inputs(generator, 2, seed=21, given={"text": CAPTIONS[:2]})
+    wanted = [triton.InferRequestedOutput(name, binary_data=False) for name in generator.output_names]
+    result = client.infer(MODEL, all_inputs(generator, z, xs, mask, binary=True), outputs=wanted)
+    assert_outputs(result, dict(zip(generator.output_names, generator.run(z, xs, mask), strict=True)), binary=False)
+
+
+def test_json_inputs_with_binary_outputs_chosen_per_output(client, generator):
+    """Outputs asked for as binary data come back so, the one asked for as JSON as JSON, in the order asked."""
+    z, xs, mask = graph_inputs(generator, 2, seed=22)
+    expected = dict(zip(generator.output_names, generator.run(z, xs, mask), strict=True))
+    wanted = [triton.InferRequestedOutput("text_out"), triton.InferRequestedOutput("image_out", binary_data=False),
+              triton.InferRequestedOutput("audio_out")]
+    result = client.infer(MODEL, all_inputs(generator, z, xs, mask), outputs=wanted)
+    assert [o["name"] for o in result.get_response()["outputs"]] == ["text_out", "image_out", "audio_out"]
+    assert_outputs(result, {"text_out": expected["text_out"], "audio_out": expected["audio_out"]}, binary=True)
+    assert_outputs(result, {"image_out": expected["image_out"]}, binary=False)
+
+
+def test_mixed_json_and_binary_inputs(client, generator):
+    """Binary and JSON inputs in one request: the binary ones' bytes follow the JSON in input order, whatever
+    JSON inputs lie between them."""
+    z, xs, mask = graph_inputs(generator, 3, seed=23, given={"text": CAPTIONS})
+    modalities = [s.name for s in generator.modalities]
+    image = modalities.index("image")
+    xs[image] = np.random.default_rng(1).random(xs[image].shape, dtype=np.float32)
+    mask[:, image] = 1.0
+    names = generator.input_names  # z, image, text, audio, mask
+    result = client.infer(MODEL, all_inputs(generator, z, xs, mask, binary={names[0], names[2], names[4]}))
+    assert_outputs(result, dict(zip(generator.output_names, generator.run(z, xs, mask), strict=True)), binary=True)
+
+
+def _binary_body(tensors, outputs=None, parameters=None):
+    """A body with binary tensor data, made by hand: ``tensors`` are (name, array, binary); the JSON part, the
+    binary inputs' little-endian FP32 bytes in input order, and the length of the JSON part."""
+    inputs, raw = [], b""
+    for name, array, binary in tensors:
+        tensor = {"name": name, "shape": list(array.shape), "datatype": "FP32"}
+        if binary:
+            data = np.ascontiguousarray(array, dtype="<f4").tobytes()
+            tensor["parameters"] = {"binary_data_size": len(data)}
+            raw += data
+        else:
+            tensor["data"] = array.ravel().tolist()
+        inputs.append(tensor)
+    request = {"inputs": inputs, "outputs": outputs, "parameters": parameters}
+    header = json.dumps({key: value for key, value in request.items() if value is not None}).encode()
+    return header + raw, len(header)
+
+
+def test_binary_tensor_data_on_the_wire(server, generator):
+    """The wire format by hand, no tritonclient: binary inputs of different sizes around a JSON one; the answer is
+    application/octet-stream, its JSON part as long as its header says, then the binary outputs' bytes in output
+    order; a per-output binary_data false wins over the request's binary_data_output."""
+    z, xs, mask = graph_inputs(generator, 2, seed=24, given={"text": CAPTIONS[1:]})
+    expected = dict(zip(generator.output_names, generator.run(z, xs, mask), strict=True))
+    arrays = [z, *xs, mask]
+    tensors = [(name, a, name != "text") for name, a in zip(generator.input_names, arrays, strict=True)][::-1]
+    outputs = [{"name": "audio_out"}, {"name": "text_out", "parameters": {"binary_data": False}}, {"name": "image_out"}]
+    body, size = _binary_body(tensors, outputs, {"binary_data_output": True})
+    with httpx.Client(base_url=f"http://{server}", timeout=30) as http:
+        r = http.post(f"/v2/models/{MODEL}/infer", content=body, headers={"Inference-Header-Content-Length": str(size)})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/octet-stream"
+    length = int(r.headers["inference-header-content-length"])
+    answer, raw = json.loads(r.content[:length]), r.content[length:]
+    assert [o["name"] for o in answer["outputs"]] == ["audio_out", "text_out", "image_out"]
+    audio, text, image = answer["outputs"]
+    np.testing.assert_allclose(np.reshape(text["data"], text["shape"]), expected["text_out"], rtol=1e-6, atol=1e-6)
+    sizes = [4 * expected[name].size for name in ("audio_out", "image_out")]
+    assert [audio["parameters"], image["parameters"]] == [{"binary_data_size": n} for n in sizes] and len(raw) == sum(sizes)
+    for out, start, stop in ((audio, 0, sizes[0]), (image, sizes[0], len(raw))):
+        got = np.frombuffer(raw[start:stop], "<f4").reshape(out["shape"])
+        np.testing.assert_allclose(got, expected[out["name"]], rtol=1e-6, atol=1e-6)
 
 
 def _bad_inputs(generator):
     z, xs, mask = graph_inputs(generator, 2, seed=1)
     width = generator.z_dim
-    binary = triton.InferInput("z", [2, width], "FP32")
-    binary.set_data_from_numpy(z)  # the client's default: binary data after the JSON header
     miscount = infer_inputs([("z", z[:1])])[0].set_shape([2, width])
     nan = z.copy()
     nan[1, 3] = np.nan
+    binary_fp64 = triton.InferInput("z", [2, width], "FP64").set_data_from_numpy(z.astype(np.float64))
+    binary_miscount = infer_inputs([("z", z)], binary=True)[0].set_shape([1, width])  # 2 rows of bytes for 1 row
     return {
         "wrong shape": (infer_inputs([("z", z[:, :5])]), f"input 'z': shape [2, 5], expected [-1, {width}]"),
         "wrong datatype": ([triton.InferInput("z", [2, width], "FP64").set_data_from_numpy(z.astype(np.float64),
@@ -181,12 +276,18 @@ def _bad_inputs(generator):
                                "marks 'image' as given, but no 'image' input was sent"),
         "rows disagree": (infer_inputs([("z", z), ("text", xs[1][:1])]), "the same number of rows"),
         "too many rows": (infer_inputs([("z", np.zeros((MAX_ROWS + 1, width), np.float32))]), f"1 to {MAX_ROWS} rows"),
-        "binary data": ([binary], "binary tensor data is not supported"),
+        "binary wrong shape": (infer_inputs([("z", z[:, :5])], binary=True), f"input 'z': shape [2, 5], expected [-1, {width}]"),
+        "binary wrong datatype": ([binary_fp64], "input 'z': datatype 'FP64', expected FP32"),
+        "binary size for shape": ([binary_miscount], f"input 'z': binary_data_size {8 * width} for shape [1, {width}] "
+                                                     f"({4 * width} expected: 4 bytes per FP32 value)"),
+        "binary non-finite": (infer_inputs([("z", nan)], binary=True), "input 'z': values must be finite"),
+        "binary mask not 0/1": (infer_inputs([("z", z), ("mask", mask + 0.5)], binary=True), "values must be 0 (not given) or 1"),
     }
 
 
 BAD = ["wrong shape", "wrong datatype", "element count", "unknown input", "missing z", "non-finite", "mask not 0/1",
-       "mask without input", "rows disagree", "too many rows", "binary data"]
+       "mask without input", "rows disagree", "too many rows", "binary wrong shape", "binary wrong datatype",
+       "binary size for shape", "binary non-finite", "binary mask not 0/1"]
 
 
 @pytest.mark.parametrize("case", BAD)
@@ -196,6 +297,55 @@ def test_invalid_tensors_get_400_with_our_message(client, generator, case):
         client.infer(MODEL, inputs)
     assert error.value.status() == "400" and message in error.value.message() and "\n" not in error.value.message()
     assert client.is_server_ready()
+
+
+def _edited(body, size, old, new):
+    """``body`` (JSON part ``size`` bytes) with ``old`` in its JSON part replaced by ``new``, and its new JSON size."""
+    assert body[:size].count(old) == 1
+    return body[:size].replace(old, new) + body[size:], size + len(new) - len(old)
+
+
+def _malformed_binary_bodies(generator):
+    """(body, Inference-Header-Content-Length or None, error) of bodies with binary tensor data gone wrong."""
+    z, _, mask = graph_inputs(generator, 2, seed=4)
+    width = generator.z_dim
+    body, size = _binary_body([("z", z, True), ("mask", mask, True)])
+    total = 4 * (z.size + mask.size)
+    z_size = b'"binary_data_size": %d}' % (4 * z.size)
+    lengths = "binary tensor data: the inputs' binary_data_size add up to {} bytes, but {} bytes follow the JSON part"
+    return {
+        # z's size declared as one row's for its two rows of bytes (the sizes then fall short of the bytes too)
+        "size too small for shape": (*_edited(body, size, z_size, b'"binary_data_size": %d}' % (4 * width)),
+                                     f"input 'z': binary_data_size {4 * width} for shape [2, {width}] "
+                                     f"({8 * width} expected: 4 bytes per FP32 value)"),
+        "bytes missing": (body[:-4], size, lengths.format(total, total - 4)),
+        "bytes left over": (body + b"\0" * 8, size, lengths.format(total, total + 8)),
+        "header past the body": (body, len(body) + 1, f"Inference-Header-Content-Length {len(body) + 1} is past the end "
+                                                      f"of the {len(body)}-byte body"),
+        "header not a count": (body, "12a", "Inference-Header-Content-Length '12a' is no byte count"),
+        "header too short": (body, size - 1, "malformed JSON: "),
+        "no header": (body[:size], None, "input 'z': parameters.binary_data_size without a Inference-Header-Content-Length"),
+        "data and binary": (*_edited(body, size, b'"parameters": {"binary_data_size": %d}' % (4 * z.size),
+                                     b'"data": [], "parameters": {"binary_data_size": %d}' % (4 * z.size)),
+                            'input \'z\': both "data" and parameters.binary_data_size'),
+        "size not a count": (*_edited(body, size, z_size, b'"binary_data_size": "%d"}' % (4 * z.size)),
+                             f"input 'z': parameters.binary_data_size must be a byte count, got '{4 * z.size}'"),
+        "binary_data_output not a flag": (*_binary_body([("z", z, True)], parameters={"binary_data_output": "yes"}),
+                                          "parameters.binary_data_output must be true or false, got 'yes'"),
+    }
+
+
+@pytest.mark.parametrize("case", ["size too small for shape", "bytes missing", "bytes left over", "header past the body",
+                                  "header not a count", "header too short", "no header", "data and binary",
+                                  "size not a count", "binary_data_output not a flag"])
+def test_malformed_binary_bodies_get_400_with_our_message(server, generator, case):
+    body, length, message = _malformed_binary_bodies(generator)[case]
+    headers = {} if length is None else {"Inference-Header-Content-Length": str(length)}
+    with httpx.Client(base_url=f"http://{server}", timeout=30) as http:
+        r = http.post(f"/v2/models/{MODEL}/infer", content=body, headers=headers)
+        assert r.status_code == 400 and list(r.json()) == ["error"]
+        assert message in r.json()["error"] and "\n" not in r.json()["error"]
+        assert http.get("/v2/health/ready").json() == {"ready": True}
 
 
 def test_unknown_model_version_or_output_through_the_client(client, generator):
@@ -271,12 +421,31 @@ def test_oversized_compressed_or_malformed_bodies_get_one_line_errors(generator)
         big = b'{"inputs": [' + b" " * 2048 + b"]}"
         r = http.post(url, content=big)
         assert r.status_code == 413 and r.json() == {"error": f"request body of {len(big)} bytes exceeds the limit of 1024 bytes"}
-        r = http.post(url, content=b"\x1f\x8b...", headers={"content-encoding": "gzip"})
-        assert r.status_code == 400 and r.json() == {"error": "compressed request bodies (gzip) are not supported"}
+        r = http.post(url, content=big, headers={"Inference-Header-Content-Length": "14"})  # binary tensor data too
+        assert r.status_code == 413 and r.json() == {"error": f"request body of {len(big)} bytes exceeds the limit of 1024 bytes"}
+        for headers in ({"content-encoding": "gzip"}, {"content-encoding": "gzip", "Inference-Header-Content-Length": "3"}):
+            r = http.post(url, content=b"\x1f\x8b...", headers=headers)
+            assert r.status_code == 400 and r.json() == {"error": "compressed request bodies (gzip) are not supported"}
+        r = http.post(url, content=b"{}", headers=[("Inference-Header-Content-Length", "2")] * 2)
+        assert r.status_code == 400 and r.json() == {"error": "2 Inference-Header-Content-Length headers: send one"}
         r = http.post(url, content=b'{"inputs": [{"name": "z"')
         assert r.status_code == 400 and r.json()["error"].startswith("malformed JSON: ")
         r = http.post(url, json={"inputs": [{"name": "z", "shape": [1, 8], "datatype": "FP32", "data": [0] * 8}], "x": 1})
         assert r.status_code == 400 and r.json() == {"error": "x: Extra inputs are not permitted"}
+
+
+def test_binary_tensor_data_is_documented(generator):
+    """/openapi.json: the infer routes take and answer application/octet-stream too, with the length header."""
+    with TestClient(create_app(generator)) as http:
+        paths = http.get("/openapi.json").json()["paths"]
+    for path in ("/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer"):
+        operation = paths[path]["post"]
+        media = {"application/json", "application/octet-stream"}
+        assert set(operation["requestBody"]["content"]) == media == set(operation["responses"]["200"]["content"])
+        header = [p for p in operation["parameters"] if p["in"] == "header"]
+        assert [(p["name"], p["required"], p["schema"]["type"]) for p in header] == [
+            ("Inference-Header-Content-Length", False, "integer")]
+        assert set(operation["responses"]["200"]["headers"]) == {"Inference-Header-Content-Length"}
 
 
 def test_nested_and_flat_data_are_the_same_tensor(generator):
