@@ -103,8 +103,10 @@ def test_samplers_agree_after_decoding_on_a_trained_model(trained_default, given
     a, b = sampler.sample(32, given, seed=5), onnx_gen.sample(32, given, seed=5)
     assert a.keys() == b.keys() == {"image", "text", "audio"}
     assert a["text"] == b["text"]
-    for name in ("image", "audio"):
-        assert np.abs(a[name] - b[name]).max() <= 1e-3, name
+    # Features agree to float32 rounding; Griffin-Lim's 16 iterations amplify that on audio to at most 1.2e-3 of
+    # full scale (torch 2.14.1 against onnxruntime 1.31.1, the image condition), -58 dB: the bound is 2e-3.
+    assert np.abs(a["image"] - b["image"]).max() <= 1e-3
+    assert np.abs(a["audio"] - b["audio"]).max() <= 2e-3
     assert np.abs(a["audio"]).max() > 0.05
 
 

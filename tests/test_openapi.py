@@ -4,7 +4,9 @@ to it (schemathesis drives every operation with generated valid and invalid requ
 import pytest
 import schemathesis
 from fastapi.testclient import TestClient
-from hypothesis import HealthCheck, configuration, settings
+from hypothesis import HealthCheck, configuration, given, settings
+from hypothesis import strategies as st
+from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -52,15 +54,21 @@ def api_schema(app):
     return schemathesis.openapi.from_asgi("/openapi.json", app)
 
 
-schema = schemathesis.pytest.from_fixture("api_schema")
-
-
-@schema.parametrize()
-@settings(max_examples=8, derandomize=True, database=None, deadline=None, suppress_health_check=list(HealthCheck))
-def test_every_answer_is_documented_and_no_request_breaks_the_server(case):
+def test_every_answer_is_documented_and_no_request_breaks_the_server(api_schema):
     """Generated requests, valid and invalid, to every operation: never a 5xx, and each answer's status, media
-    type and body are the ones the document declares."""
-    case.call_and_validate(checks=CHECKS)
+    type and body are the ones the document declares. (Hypothesis strategies per operation, not schemathesis's
+    pytest plugin, which does not run under pytest 9.2.)"""
+    operations = [result.ok() for result in api_schema.get_all_operations()]
+    assert len(operations) >= 12
+    for operation in operations:
+        cases = st.one_of(operation.as_strategy(GenerationMode.POSITIVE), operation.as_strategy(GenerationMode.NEGATIVE))
+
+        @settings(max_examples=8, derandomize=True, database=None, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(case=cases)
+        def check(case):
+            case.call_and_validate(checks=CHECKS)
+
+        check()
 
 
 def _body_schema(openapi, path):
