@@ -20,19 +20,15 @@ timing, each config's compiled step is checked against the reference for 3 steps
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import pytest
 import torch
 
-from benchmarks.handwritten import HandwrittenGAN, handwritten_peers
-from benchmarks.step_check import assert_steps_match as check
-from benchmarks.step_check import make_steps
-from benchmarks.train_bench import gemm_flops
+from benchmarks.handwritten import HandwrittenGAN
+from benchmarks.train_bench import gemm_flops, prepare
 from benchmarks.train_configs import CONFIGS, default_batches
-from fastmmgan.build import build_models
 from fastmmgan.step import CompiledStep, ReferenceStep, StepInputs
-from fastmmgan.step_inputs import draw_step_inputs
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
@@ -59,19 +55,8 @@ def case(name: str, batch: int) -> Case:
     """Both steps for a config and batch, checked against each other once (and compiled) on first use."""
     key = (name, batch)
     if key not in _CASES:
-        bc = CONFIGS[name]
-        cfg = replace(bc.cfg, batch_size=batch)
-        ds = bc.data(batch)
-        models = build_models(ds, cfg, DEVICE)
-        twin = models.copy(cfg)
-        peers = handwritten_peers(models, cfg)
-        ref, fast = make_steps(models, twin, cfg, device=DEVICE)
-        inputs = [draw_step_inputs(ds, i, cfg).to(DEVICE) for i in range(8)]
-        check(ref, fast, models, twin, inputs[:3])
-        for peer in peers.values():
-            for batch_in in inputs[:3]:
-                peer(batch_in)  # compile and warm up before timing
-        _CASES[key] = Case(ref, fast, inputs, gemm_flops(models.G, models.D, batch) / 1e9, peers)
+        p = prepare(CONFIGS[name], batch, DEVICE)
+        _CASES[key] = Case(p.ref, p.fast, p.inputs, gemm_flops(p.models.G, p.models.D, batch) / 1e9, p.peers)
     return _CASES[key]
 
 

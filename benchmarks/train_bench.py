@@ -29,13 +29,13 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from fastmmgan.build import build_models
+from fastmmgan.build import Models, build_models
 from fastmmgan.config import TrainConfig
 from fastmmgan.models import Discriminator, Generator
-from fastmmgan.step import StepInputs, autocast_dtype
+from fastmmgan.step import CompiledStep, ReferenceStep, StepInputs, autocast_dtype
 from fastmmgan.step_inputs import draw_step_inputs
 
-from .handwritten import handwritten_peers
+from .handwritten import HandwrittenGAN, handwritten_peers
 from .step_check import Step, assert_steps_match, make_steps
 from .train_configs import CONFIGS, BenchConfig, default_batches
 
@@ -128,11 +128,21 @@ def median_ratio(slow: Sequence[float], fast: Sequence[float]) -> float:
     return statistics.median(a / b for a, b in zip(slow, fast, strict=True))
 
 
-def bench_config(
-    bc: BenchConfig, batch: int, peak: float, device: torch.device, rounds: int = 11, check_steps: int = 3
-) -> Row:
-    """Check the compiled step against the reference, then time it interleaved with the reference step and,
-    for one-modality configs, the hand-written loop eager and with torch.compile (see the module docstring)."""
+@dataclass
+class Prepared:
+    """One config at one batch size, ready to time: both steps (checked against each other, so compiled), the
+    hand-written peers (warmed up), 8 steps' inputs on the device and the models the reference step trains."""
+
+    models: Models
+    ref: ReferenceStep
+    fast: CompiledStep
+    peers: dict[str, HandwrittenGAN]
+    inputs: list[StepInputs]
+
+
+def prepare(bc: BenchConfig, batch: int, device: torch.device, check_steps: int = 3) -> Prepared:
+    """Build ``bc`` at ``batch`` on ``device`` from its seed, check the compiled step against the reference at
+    its dtype's tolerance, and compile and warm up everything outside any timed region."""
     cfg = replace(bc.cfg, batch_size=batch)
     ds = bc.data(batch)
     models = build_models(ds, cfg, device)
@@ -142,9 +152,19 @@ def bench_config(
     inputs = [draw_step_inputs(ds, i, cfg).to(device) for i in range(8)]
     policy = "fp32" if fast.amp_dtype is None else "bf16"
     assert_steps_match(ref, fast, models, twin, inputs[:check_steps], policy=policy)
-    for peer in peers.values():  # compile and warm up outside the timed rounds
+    for peer in peers.values():
         for batch_in in inputs[:3]:
             peer(batch_in)
+    return Prepared(models, ref, fast, peers, inputs)
+
+
+def bench_config(
+    bc: BenchConfig, batch: int, peak: float, device: torch.device, rounds: int = 11, check_steps: int = 3
+) -> Row:
+    """Check the compiled step against the reference, then time it interleaved with the reference step and,
+    for one-modality configs, the hand-written loop eager and with torch.compile (see the module docstring)."""
+    prepared = prepare(bc, batch, device, check_steps)
+    models, ref, fast, peers, inputs = prepared.models, prepared.ref, prepared.fast, prepared.peers, prepared.inputs
     per_round = max(2, min(20, int(2000 / batch)))
     times = time_interleaved({"ref": ref, "fast": fast, **peers}, inputs, rounds, per_round, device)
     fast_ms = statistics.median(times["fast"])
