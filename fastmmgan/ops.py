@@ -1,4 +1,4 @@
-"""The two fused ops of fastmmgan, as plain-torch reference math.
+"""The fused ops of fastmmgan (dense layer, shared projection, masked attention), as plain-torch reference math.
 
 Contracts (see the design notes): shapes use B batch, K input features, N output
 features, M modalities; ``lrelu(v) = v if v > 0 else slope * v``.
@@ -175,3 +175,40 @@ def shared_projection(
     if kernels is None:
         return shared_projection_reference(xs, weights, bias, mask, slope)
     return kernels.shared_projection_triton(xs, weights, bias, mask, slope)
+
+
+# Masked multi-head self-attention over modality tokens (the attention fusion's op).
+
+
+def present_tokens(mask: torch.Tensor) -> torch.Tensor:
+    """mask [B,M] (bool, or numbers where nonzero = present) as a detached bool [B,M]."""
+    mask = mask.detach()
+    return mask if mask.dtype == torch.bool else mask != 0
+
+
+def masked_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Masked multi-head self-attention: q, k, v [B,H,M,D], mask [B,M] bool (True = token present) -> o [B,H,M,D].
+
+    Per sample and head ``o = softmax(q @ k.T / sqrt(D)) @ v`` over present keys only (absent keys get
+    probability 0); rows of absent query tokens are 0, and a sample with no present token gives o = 0 and
+    zero gradients, never NaN. The mask is not differentiated.
+
+    Export-safe: absent keys' scores are replaced (``where``) by the dtype's most negative finite value, not
+    -inf: next to a present key its exp underflows to exactly 0, and a sample with no present key gets a
+    uniform softmax instead of NaN, which the final multiply by the (query) mask zeroes, its gradient
+    included, since every query of such a sample is absent. ONNX Runtime computes the same. Output dtype
+    follows ``matmul`` (the autocast dtype under autocast).
+    """
+    keep = present_tokens(mask)
+    scores = torch.matmul(q, k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)
+    scores = scores.masked_fill(~keep[:, None, None, :], torch.finfo(scores.dtype).min)
+    out = torch.matmul(torch.softmax(scores, dim=-1), v)
+    return out * keep[:, None, :, None].to(out.dtype)
+
+
+def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Masked multi-head self-attention over tokens; see :func:`masked_attention_reference` for the contract."""
+    kernels = _kernels_for(q, "masked_attention")
+    if kernels is None:
+        return masked_attention_reference(q, k, v, mask)
+    return kernels.masked_attention_triton(q, k, v, mask)

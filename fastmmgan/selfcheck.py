@@ -1,6 +1,7 @@
 """First-use self-check of the Triton kernels on a device, with a fall-back to the reference math.
 
-The first time ``auto`` dispatch would send an op family (``fused_dense``, ``shared_projection``) in one
+The first time ``auto`` dispatch would send an op family (``fused_dense``, ``shared_projection``,
+``masked_attention``) in one
 dtype on one device to the kernels, they run once on a small input with odd shapes (partial tiles, every
 mask pattern, all-absent rows) and are compared with the reference, forward and every gradient, at the
 numerics policy's tolerance. A mismatch or an error (a Triton compile failure on an unsupported GPU, a
@@ -20,7 +21,7 @@ import torch
 
 from . import ops
 
-FAMILIES = ("fused_dense", "shared_projection")
+FAMILIES = ("fused_dense", "shared_projection", "masked_attention")
 
 _Key = tuple[str, str, torch.dtype]
 _results: dict[_Key, dict[str, object]] = {}
@@ -97,6 +98,7 @@ def run_check(family: str, device: torch.device, dtype: torch.dtype) -> str | No
         return (torch.randn(*shape, generator=rng) * scale).to(device)
 
     batch, n = 67, 37
+    out_shape = (batch, n)  # the output's, for the gradient fed back
     if family == "fused_dense":
         k = 45
         inputs = [rand(batch, k), rand(n, k, scale=k**-0.5), rand(n)]
@@ -118,9 +120,21 @@ def run_check(family: str, device: torch.device, dtype: torch.dtype) -> str | No
 
         def ref(t: list[torch.Tensor]) -> torch.Tensor:
             return ops.shared_projection_reference(t[:m], t[m : 2 * m], t[-1], mask, ops.DEFAULT_SLOPE)
+    elif family == "masked_attention":
+        tokens, heads, head_dim = 3, 2, 24
+        patterns = torch.tensor(list(itertools.product([False, True], repeat=tokens)))
+        mask = patterns[torch.arange(batch) % len(patterns)].to(device)
+        inputs = [rand(batch, heads, tokens, head_dim) for _ in range(3)]
+        out_shape = (batch, heads, tokens, head_dim)
+
+        def fast(t: list[torch.Tensor]) -> torch.Tensor:
+            return kernels.masked_attention_triton(t[0], t[1], t[2], mask)
+
+        def ref(t: list[torch.Tensor]) -> torch.Tensor:
+            return ops.masked_attention_reference(t[0], t[1], t[2], mask)
     else:
         raise ValueError(f"unknown kernel family {family!r} (expected one of {', '.join(FAMILIES)})")
-    dy = rand(batch, n)
+    dy = rand(*out_shape)
     with torch.autocast(device.type, enabled=False), torch.enable_grad():
         got = _forward_and_grads(fast, [t.to(dtype) for t in inputs], dy.to(dtype))
         want = _forward_and_grads(ref, [t.to(dtype).float() for t in inputs], dy.to(dtype).float())

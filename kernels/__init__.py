@@ -5,6 +5,7 @@ when it dispatches to the kernels.
 """
 
 from .fused_dense import fused_dense_triton
+from .masked_attention import masked_attention_triton
 from .shared_projection import shared_projection_triton
 
-__all__ = ["fused_dense_triton", "shared_projection_triton"]
+__all__ = ["fused_dense_triton", "masked_attention_triton", "shared_projection_triton"]

@@ -57,7 +57,8 @@ def test_a_kernel_error_is_recorded_not_raised(monkeypatch):
     monkeypatch.setattr(kernels, "shared_projection_triton", broken)
     with pytest.warns(RuntimeWarning, match="RuntimeError: PTX compile failed"):
         records = selfcheck.ensure(CPU, [torch.bfloat16])
-    assert [(r["family"], r["ok"]) for r in records] == [("fused_dense", True), ("shared_projection", False)]
+    assert [(r["family"], r["ok"]) for r in records] == [("fused_dense", True), ("shared_projection", False),
+                                                         ("masked_attention", True)]
 
 
 def cuda_like(dtype: torch.dtype) -> SimpleNamespace:
