@@ -34,7 +34,7 @@ import torch
 
 from fastmmgan.errors import FastMMGANError, first_line
 from fastmmgan.modalities import ModalitySpec
-from fastmmgan.sampler import decode_outputs, draw_noise, encode_conditions, wanted_modalities
+from fastmmgan.sampler import decode_outputs, encode_conditions, noise_for, wanted_modalities
 
 from .metadata import GeneratorMetadata, io_names
 from .specialise import specialise
@@ -227,11 +227,11 @@ class OnnxGenerator:
         return [torch.from_numpy(o) for o in self.run(arrays[0], arrays[1:-1], arrays[-1])]
 
     def sample_features(
-        self, n: int, given: Mapping[str, Any] | None = None, seed: int | None = None
+        self, n: int, given: Mapping[str, Any] | None = None, seed: int | None = None, z: Any = None,
     ) -> tuple[list[torch.Tensor], dict[str, Any]]:
         """Generated features [n, dim_m] per modality (CPU float32 tensors) and the normalised conditions."""
         xs, mask, raw = encode_conditions(self.modalities, n, given)
-        return self.generate(draw_noise(n, self.z_dim, seed), xs, mask), raw
+        return self.generate(noise_for(n, self.z_dim, seed, z), xs, mask), raw
 
     def sample(
         self,
@@ -239,13 +239,15 @@ class OnnxGenerator:
         given: Mapping[str, Any] | None = None,
         seed: int | None = None,
         modalities: str | Sequence[str] | None = None,
+        z: Any = None,
     ) -> dict[str, Any]:
         """n samples of every modality (or of those named in ``modalities``), exactly as
-        :meth:`fastmmgan.Sampler.sample` returns them. Runs a session specialised to this call's given and
-        wanted modalities (see :mod:`fastmmgan.export.specialise`; built on first use of each pattern)."""
+        :meth:`fastmmgan.Sampler.sample` returns them (``z`` replaces the seeded noise there too). Runs a session
+        specialised to this call's given and wanted modalities (see :mod:`fastmmgan.export.specialise`; built
+        on first use of each pattern)."""
         wanted = wanted_modalities(self.modalities, modalities)
         xs, mask, raw = encode_conditions(self.modalities, n, given)
-        z = draw_noise(n, self.z_dim, seed).numpy()
+        z = noise_for(n, self.z_dim, seed, z).numpy()
         needed = [s.name for s in wanted if s.name not in raw]
         features: list[torch.Tensor | None] = [None] * len(self.modalities)
         if needed:

@@ -12,9 +12,14 @@ from .errors import FastMMGANError
 from .losses import LOSSES, check_loss
 
 ADDED_FIELDS: dict[str, Any] = {"z_components": 0, "r1_weight": 0.0, "mmd_weight": 0.0, "g_widths": None,
-                                 "d_widths": None, "mbstd_group": 4, "cond_diversity_weight": 0.0}
+                                 "d_widths": None, "mbstd_group": 4, "cond_diversity_weight": 0.0,
+                                 "recon_weight": 0.0, "kl_weight": 0.01, "latent_weight": 0.0, "e_width": 256,
+                                 "e_depth": 2, "conditioned_components": True, "fusion": "projection"}
 """Fields added after the first release, with the values that reproduce runs saved without them."""
 PRECISIONS = ("auto", "bf16", "fp32")
+FUSIONS = ("projection", "attention")
+ATTENTION_HEADS = 4
+"""Heads of the attention fusion (its width must be a multiple)."""
 COMPILE_BACKENDS = ("inductor", "aot_eager")
 
 
@@ -65,11 +70,26 @@ class TrainConfig:
     diversity_weight: float = _setting(1.2, "weight of the mode-seeking term that keeps samples from noise diverse (0: off)")
     mmd_weight: float = _setting(10.0, "weight of the MMD between samples from noise and real data (keeps every cluster)")
     cond_diversity_weight: float = _setting(0.0, "weight of the mode-seeking term on conditioned rows: the same "
-                                                 "conditions from two noise draws must differ (0: off; costs a "
-                                                 "second generator pass)")
+                                                 "conditions from two noise draws must give different images and "
+                                                 "audio (0: off; costs a second generator pass)")
+    recon_weight: float = _setting(0.0, "weight of the cVAE-GAN term: conditioned rows whose noise the encoder takes from "
+                                        "their own real sample must reconstruct it (0 with --latent-weight 0: no "
+                                        "encoder)")
+    kl_weight: float = _setting(0.01, "weight of the encoder's KL divergence to the noise prior (per sample, summed "
+                                      "over noise dimensions)")
+    latent_weight: float = _setting(0.0, "weight of latent regression: the encoder must recover the noise of "
+                                         "conditioned rows from what the generator made of it")
+    e_width: int = _setting(256, "encoder width (with --recon-weight or --latent-weight)")
+    e_depth: int = _setting(2, "encoder dense layers after the fusion")
     z_dim: int = _setting(64, "noise size")
     z_components: int | None = _setting(None, "mixture components of the noise: the argmax of its first K entries picks "
                                                "one (default: z-dim; 0: plain Gaussian noise)")
+    conditioned_components: bool = _setting(True, "feed the noise's mixture component to rows given a modality too "
+                                                   "(--no-conditioned-components: only to rows generated from noise "
+                                                   "alone, where the condition does not pick the cluster)")
+    fusion: str = _setting("projection", "how G, D and the encoder fuse the modalities into the shared space: "
+                                         "projection (masked mean of per-modality projections) or attention "
+                                         "(masked self-attention over one token per modality)", choices=FUSIONS)
     g_width: int = _setting(512, "generator width (shared space size)")
     g_depth: int = _setting(2, "generator dense layers after the fusion")
     d_width: int = _setting(256, "discriminator width")
@@ -121,7 +141,8 @@ class TrainConfig:
                 setattr(self, name, widths)
         if self.mbstd_group < 0:
             raise FastMMGANError(f"mbstd-group must be >= 0 (0: off), got {self.mbstd_group}")
-        positive = ("steps", "batch_size", "z_dim", "g_width", "g_depth", "d_width", "d_depth", "keep_checkpoints",
+        positive = ("steps", "batch_size", "z_dim", "g_width", "g_depth", "d_width", "d_depth", "e_width", "e_depth",
+                    "keep_checkpoints",
                     "max_bad_steps", "dist_timeout")
         for name in positive:
             if getattr(self, name) <= 0:
@@ -129,7 +150,8 @@ class TrainConfig:
         for name in ("ckpt_every", "sample_every", "eval_every", "log_every"):
             if getattr(self, name) < 0:
                 raise FastMMGANError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
-        for name in ("diversity_weight", "r1_weight", "mmd_weight", "cond_diversity_weight"):
+        for name in ("diversity_weight", "r1_weight", "mmd_weight", "cond_diversity_weight", "recon_weight", "kl_weight",
+                     "latent_weight"):
             if not getattr(self, name) >= 0:
                 raise FastMMGANError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         for name in ("lr", "gp_weight"):
@@ -148,10 +170,24 @@ class TrainConfig:
         if self.compile_backend not in COMPILE_BACKENDS:
             expected = ", ".join(COMPILE_BACKENDS)
             raise FastMMGANError(f"unknown compile-backend {self.compile_backend!r} (expected one of {expected})")
+        if self.fusion not in FUSIONS:
+            raise FastMMGANError(f"unknown fusion {self.fusion!r} (expected one of {', '.join(FUSIONS)})")
+        if self.fusion == "attention":
+            firsts = {"g-width": (self.g_widths or (self.g_width,))[0], "d-width": (self.d_widths or (self.d_width,))[0],
+                      "e-width": self.e_width}
+            for flag, width in firsts.items():
+                if width % ATTENTION_HEADS:
+                    raise FastMMGANError(f"--fusion attention needs fusion widths divisible by its {ATTENTION_HEADS} "
+                                         f"heads; {flag} gives {width}")
         if self.precision not in PRECISIONS:
             raise FastMMGANError(f"unknown precision {self.precision!r} (expected one of {', '.join(PRECISIONS)})")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise FastMMGANError(f"unknown device {self.device!r} (expected auto, cpu or cuda)")
+
+    @property
+    def uses_encoder(self) -> bool:
+        """Whether the generator holds an :class:`~fastmmgan.models.Encoder` (a cVAE-GAN or latent regression term is on)."""
+        return self.recon_weight > 0 or self.latent_weight > 0
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -173,8 +209,14 @@ class TrainConfig:
         """Short hash of what decides the generator's architecture and data (z_components and g_widths only
         when used, so runs saved before they existed keep their hash)."""
         keys = ["dataset", "data", "z_dim", "g_width", "g_depth"] + (["z_components"] if self.z_components else [])
+        if not self.conditioned_components:
+            keys.append("conditioned_components")
+        if self.fusion != "projection":
+            keys.append("fusion")
         values = {k: getattr(self, k) for k in keys}
         if self.g_widths:  # only when used, as z_components
             values["g_widths"] = list(self.g_widths)
+        if self.uses_encoder:
+            values["encoder"] = [self.e_width, self.e_depth]
         blob = json.dumps(values, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]

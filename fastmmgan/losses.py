@@ -129,7 +129,7 @@ def diversity_loss(generated: Sequence[torch.Tensor], z: torch.Tensor, given: to
 
 def conditional_diversity_loss(
     generated: Sequence[torch.Tensor], alternative: Sequence[torch.Tensor], z: torch.Tensor, z_alt: torch.Tensor,
-    given: torch.Tensor,
+    given: torch.Tensor, varied: Sequence[bool] | None = None,
 ) -> torch.Tensor:
     """Mode-seeking term on conditioned rows: the same conditions generated from two noise draws should differ
     in proportion to the noise (MSGAN's conditional form, Mao et al. 2019).
@@ -138,14 +138,51 @@ def conditional_diversity_loss(
     ``alternative`` (noise z_alt) over the modalities it was not given, over the mean absolute noise
     difference, is the ratio; the row contributes 1 / (ratio + 1e-5); the loss is their sum over B (a mean
     over all rows, unconditioned ones counting 0). Without it a conditional generator learns one output per
-    condition. generated, alternative: M tensors [B, dim_m]; z, z_alt [B, z_dim]; given [B, M] bool.
+    condition. generated, alternative: M tensors [B, dim_m]; z, z_alt [B, z_dim]; given [B, M] bool;
+    ``varied`` (M bools, default all) says which output modalities the term asks to vary.
     """
     free = (~given).float()
+    if varied is not None:
+        free = free * torch.tensor([float(v) for v in varied], device=free.device)
     d_out = torch.stack([(a.float() - b.float()).abs().mean(dim=1) for a, b in zip(generated, alternative, strict=True)], 1)
     d_out = (d_out * free).sum(dim=1) / free.sum(dim=1).clamp_min(1.0)
     d_z = (z - z_alt).float().abs().mean(dim=1)
-    conditioned = given.any(dim=1).float()
+    # Rows given nothing, or given every modality the term looks at, have nothing to vary: they count 0.
+    conditioned = (given.any(dim=1) & (free.sum(dim=1) > 0)).float()
     return (conditioned / (d_out / d_z + 1e-5)).sum() / len(z)
+
+
+def reconstruction_loss(
+    generated: Sequence[torch.Tensor], real: Sequence[torch.Tensor], target: torch.Tensor, rows: torch.Tensor
+) -> torch.Tensor:
+    """The cVAE-GAN reconstruction term: L1 between generated and real features where ``target`` [B, M] (bool)
+    says a modality was generated and has a real value to match.
+
+    Per row, the mean absolute difference of each target modality (a mean over its features, so a 576-bin
+    spectrogram weighs as much as a 25-word caption), averaged over the row's target modalities; weighted by
+    ``rows`` [B] (float, 0 drops a row) and summed over B (a mean over all rows: data-parallel processes
+    average to one process's value). generated, real: M tensors [B, dim_m]. 0-d fp32.
+    """
+    t = target.float()
+    err = torch.stack([(g.float() - r.float()).abs().mean(dim=1) for g, r in zip(generated, real, strict=True)], 1)
+    per_row = (err * t).sum(dim=1) / t.sum(dim=1).clamp_min(1.0)
+    return (rows.float() * per_row).sum() / len(rows)
+
+
+def kl_to_prior(mu: torch.Tensor, logvar: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, I)) per row, summed over the noise dimensions, weighted by ``rows`` [B]
+    and summed over B (a mean over all rows). mu, logvar [B, z_dim]. 0-d fp32."""
+    per_row = 0.5 * (mu.float().square() + logvar.float().exp() - 1.0 - logvar.float()).sum(dim=1)
+    return (rows.float() * per_row).sum() / len(rows)
+
+
+def latent_regression_loss(recovered: torch.Tensor, z: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Latent regression (BicycleGAN's cLR-GAN, Zhu et al. 2017): the mean absolute difference between the
+    noise z [B, z_dim] a row was generated from and the encoder's mean for the generated sample
+    (``recovered`` [B, z_dim]), weighted by ``rows`` [B] and summed over B (a mean over all rows). If two
+    noise draws made the same sample, no encoder could recover both: the term makes noise matter. 0-d fp32."""
+    per_row = (recovered.float() - z.float()).abs().mean(dim=1)
+    return (rows.float() * per_row).sum() / len(rows)
 
 
 MMD_BANDWIDTHS = (0.02, 0.08, 0.32)

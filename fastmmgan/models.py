@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from . import ops
-from .config import TrainConfig
+from .attention_fusion import AttentionFusion
+from .config import FUSIONS, TrainConfig
 from .modalities import ModalitySpec
 
 
@@ -68,6 +69,17 @@ class SharedProjection(nn.Module):
         return ops.shared_projection(list(xs), [p.weight for p in self.proj], self.bias, mask, self.slope)
 
 
+def make_fusion(kind: str, in_dims: Sequence[int], out_features: int) -> SharedProjection | AttentionFusion:
+    """The fusion of M inputs [B, K_m] (and a mask [B, M]) into the shared space [B, out_features]: ``projection``
+    (:class:`SharedProjection`, a masked mean of per-modality projections) or ``attention``
+    (:class:`~fastmmgan.attention_fusion.AttentionFusion`, masked self-attention over modality tokens)."""
+    if kind == "projection":
+        return SharedProjection(in_dims, out_features)
+    if kind == "attention":
+        return AttentionFusion(in_dims, out_features)
+    raise ValueError(f"unknown fusion {kind!r} (expected one of {', '.join(FUSIONS)})")
+
+
 class DenseStack(nn.Sequential):
     """A leaky-ReLU MLP of FusedDense layers ``widths[0] -> widths[1] -> ... -> widths[-1]``.
     [B, widths[0]] -> [B, widths[-1]]; one width gives no layer (identity)."""
@@ -97,14 +109,16 @@ class Generator(nn.Module):
     clusters through z, where a continuous latent drops whole clusters or makes in-between samples.
 
     Widths: ``widths`` = (fusion width, then each dense layer's), e.g. (128, 256) for the seeds' MNIST
-    generator 100-128-256-784; without it, ``depth`` layers of ``width``. With one modality there is
-    nothing to condition on (generating the only modality from itself), so the fusion takes the noise
+    generator 100-128-256-784; without it, ``depth`` layers of ``width``. ``encoder_widths`` adds an
+    :class:`Encoder` (``self.encoder``) that maps real samples to the noise that makes them. With one
+    modality there is nothing to condition on (generating the only modality from itself), so the fusion takes the noise
     alone: no projection of data that would always be masked out.
     """
 
     def __init__(
         self, specs: Sequence[ModalitySpec], z_dim: int = 64, width: int = 256, depth: int = 2, components: int = 0,
-        widths: Sequence[int] | None = None,
+        widths: Sequence[int] | None = None, encoder_widths: Sequence[int] | None = None,
+        conditioned_components: bool = True, fusion: str = "projection",
     ) -> None:
         super().__init__()
         if not 0 <= components <= z_dim:
@@ -112,18 +126,26 @@ class Generator(nn.Module):
         self.specs = tuple(specs)
         self.z_dim = z_dim
         self.components = components
+        self.conditioned_components = conditioned_components
         self.conditional = len(self.specs) > 1
         self.widths = stack_widths(width, depth, widths)
         data_dims = [s.dim for s in self.specs] if self.conditional else []
-        self.fusion = SharedProjection([z_dim + components, *data_dims], self.widths[0])
+        self.fusion = make_fusion(fusion, [z_dim + components, *data_dims], self.widths[0])
         self.body = DenseStack(self.widths)
         self.head = nn.Linear(self.widths[-1], sum(s.dim for s in self.specs))
+        # The encoder is part of the generator (same optimizer, EMA, checkpoint and step): it is trained only
+        # through the generator's objective. One modality has no condition to reconstruct from, so no encoder.
+        self.encoder = Encoder(self.specs, z_dim, encoder_widths, fusion) if encoder_widths and self.conditional else None
         he_init_(self)
+        if self.encoder is not None:
+            self.encoder.reset_head_()
         self._register_load_state_dict_pre_hook(self._drop_unconditional_projections)
 
     @classmethod
     def from_config(cls, specs: Sequence[ModalitySpec], cfg: TrainConfig) -> Generator:
-        return cls(specs, cfg.z_dim, cfg.g_width, cfg.g_depth, cfg.z_components, cfg.g_widths)
+        encoder = (cfg.e_width,) * (cfg.e_depth + 1) if cfg.uses_encoder else None
+        return cls(specs, cfg.z_dim, cfg.g_width, cfg.g_depth, cfg.z_components, cfg.g_widths, encoder,
+                   cfg.conditioned_components, cfg.fusion)
 
     def _drop_unconditional_projections(self, state_dict, prefix, *args) -> None:
         """Checkpoints of one-modality generators from before they were unconditional hold a projection of
@@ -134,24 +156,68 @@ class Generator(nn.Module):
         for key in [k for k in state_dict if k.startswith(stale) and not k.startswith(stale + "0.")]:
             del state_dict[key]
 
-    def noise_features(self, z: torch.Tensor) -> torch.Tensor:
+    def noise_features(self, z: torch.Tensor, given: torch.Tensor | None = None) -> torch.Tensor:
         """z [B, z_dim] -> [B, z_dim + components]: z, then the one-hot of the argmax of its first
-        ``components`` entries, scaled by sqrt(z_dim) so the choice weighs as much as z (same norm)."""
+        ``components`` entries, scaled by sqrt(z_dim) so the choice weighs as much as z (same norm).
+
+        Without ``conditioned_components``, rows given a modality (``given`` [B, M] bool) get no one-hot (zeros):
+        there the condition picks the cluster, and a component that names another one is noise the generator
+        must learn to ignore, and with it the rest of z (one output per condition)."""
         if not self.components:
             return z
         head = z[:, : self.components]
         onehot = (head == head.amax(dim=1, keepdim=True)).to(z.dtype)
+        if given is not None and not self.conditioned_components:
+            onehot = onehot * (~given.any(dim=1, keepdim=True)).to(z.dtype)
         return torch.cat([z, onehot * self.z_dim**0.5], dim=1)
 
     def forward(self, z: torch.Tensor, xs: Sequence[torch.Tensor], given: torch.Tensor) -> list[torch.Tensor]:
         """z [B, z_dim]; xs: M feature tensors [B, dim_m] (ignored where not given); given [B, M] -> M tensors."""
         if self.conditional:
             mask = torch.cat([torch.ones_like(given[:, :1]), given], dim=1)
-            h = self.body(self.fusion([self.noise_features(z), *xs], mask))
+            h = self.body(self.fusion([self.noise_features(z, given), *xs], mask))
         else:
             h = self.body(self.fusion([self.noise_features(z)], None))
         out = torch.sigmoid(self.head(h))
         return list(out.split([s.dim for s in self.specs], dim=1))
+
+
+class Encoder(nn.Module):
+    """The seeds' VAE encoder: every present modality -> the posterior of the generator's noise.
+
+    ``forward(xs, mask)``: M tensors [B, dim_m] and the presence mask [B, M] -> (mu, logvar), each [B, z_dim]
+    fp32. The same shared projection and leaky-ReLU dense stack as the generator and discriminator,
+    ``widths`` = (fusion width, then each dense layer's), then one linear layer to mean and log-variance.
+    Trained inside the generator's objective: a sample encoded and decoded under its own conditions must
+    come back (cVAE-GAN), and noise must be recoverable from what it generated (latent regression), so
+    different noise makes different samples of the same condition.
+    """
+
+    LOGVAR_RANGE = (-10.0, 4.0)
+    """logvar is clamped here: exp(logvar / 2) must neither underflow to a noiseless code nor overflow."""
+
+    def __init__(
+        self, specs: Sequence[ModalitySpec], z_dim: int, widths: Sequence[int], fusion: str = "projection"
+    ) -> None:
+        super().__init__()
+        self.widths = stack_widths(widths[0], len(widths) - 1, widths)
+        self.z_dim = z_dim
+        self.fusion = make_fusion(fusion, [s.dim for s in specs], self.widths[0])
+        self.body = DenseStack(self.widths)
+        self.head = nn.Linear(self.widths[-1], 2 * z_dim)
+        he_init_(self)
+        self.reset_head_()
+
+    @torch.no_grad()
+    def reset_head_(self) -> None:
+        """Small head weights: the encoder starts near the prior (mu 0, logvar 0) instead of at random codes."""
+        nn.init.normal_(self.head.weight, std=0.01 / self.widths[-1] ** 0.5)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, xs: Sequence[torch.Tensor], mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.head(self.body(self.fusion(xs, mask))).float()
+        mu, logvar = out.chunk(2, dim=1)
+        return mu, logvar.clamp(*self.LOGVAR_RANGE)
 
 
 def minibatch_stddev(h: torch.Tensor, group: int) -> torch.Tensor:
@@ -179,7 +245,7 @@ class Discriminator(nn.Module):
 
     def __init__(
         self, specs: Sequence[ModalitySpec], width: int = 256, depth: int = 2, mbstd_group: int = 4,
-        widths: Sequence[int] | None = None,
+        widths: Sequence[int] | None = None, fusion: str = "projection",
     ) -> None:
         super().__init__()
         if mbstd_group < 0:
@@ -188,7 +254,7 @@ class Discriminator(nn.Module):
         self.mbstd_group = mbstd_group
         self.widths = stack_widths(width, depth, widths)
         first, *rest = self.widths
-        self.fusion = SharedProjection([s.dim for s in self.specs], first)
+        self.fusion = make_fusion(fusion, [s.dim for s in self.specs], first)
         extra = 1 if mbstd_group else 0
         self.body = nn.Sequential(FusedDense(first + extra, rest[0]), DenseStack(rest))
         self.head = nn.Linear(rest[-1], 1)
@@ -196,7 +262,7 @@ class Discriminator(nn.Module):
 
     @classmethod
     def from_config(cls, specs: Sequence[ModalitySpec], cfg: TrainConfig) -> Discriminator:
-        return cls(specs, cfg.d_width, cfg.d_depth, cfg.mbstd_group, cfg.d_widths)
+        return cls(specs, cfg.d_width, cfg.d_depth, cfg.mbstd_group, cfg.d_widths, cfg.fusion)
 
     def forward(self, xs: Sequence[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
         h = self.fusion(xs, mask)
@@ -221,3 +287,5 @@ def calibrate_fusions_(
     z = torch.randn(len(idx), generator.z_dim, generator=torch.Generator().manual_seed(seed)).to(device)
     generator.fusion.calibrate_([generator.noise_features(z), *xs])
     discriminator.fusion.calibrate_(xs)
+    if generator.encoder is not None:
+        generator.encoder.fusion.calibrate_(xs)

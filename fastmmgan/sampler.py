@@ -30,6 +30,11 @@ def draw_noise(n: int, z_dim: int, seed: int | None) -> torch.Tensor:
     return torch.randn(n, z_dim, generator=rng)
 
 
+def noise_for(n: int, z_dim: int, seed: int | None, z: Any = None) -> torch.Tensor:
+    """The noise of a sampling call: ``z`` checked (see :func:`check_latents`) when given, else drawn from ``seed``."""
+    return draw_noise(n, z_dim, seed) if z is None else check_latents(z, n, z_dim)
+
+
 def _broadcast(spec: ModalitySpec, value: Any, n: int) -> Any:
     if spec.kind == "text":
         texts = [value] if isinstance(value, str) else list(value) if isinstance(value, Sequence) else None
@@ -81,6 +86,46 @@ def encode_conditions(
         else:
             xs.append(torch.zeros(n, spec.dim))
     return xs, mask, raw
+
+
+def batch_size_of(specs: Sequence[ModalitySpec], given: Mapping[str, Any]) -> int:
+    """How many samples ``given`` holds (raw values as :meth:`Sampler.sample` takes them): a list of captions,
+    images [n, H, W] or clips [n, T] count n, a single caption, image [H, W] or clip [T] counts 1.
+    Modalities that disagree are an error."""
+    kinds = {s.name: s.kind for s in specs}
+    counts = {}
+    for name, value in given.items():
+        if name not in kinds:
+            raise FastMMGANError(f"unknown modality {name!r} (this model has: {', '.join(kinds)})")
+        if kinds[name] == "text":
+            counts[name] = 1 if isinstance(value, str) else len(value) if isinstance(value, Sequence) else 0
+        else:
+            arr = np.asarray(value) if not isinstance(value, torch.Tensor) else value
+            single = 2 if kinds[name] == "image" else 1
+            counts[name] = 1 if arr.ndim == single else len(arr) if arr.ndim == single + 1 else 0
+        if counts[name] == 0:
+            raise FastMMGANError(f"given {name!r}: expected one {kinds[name]} or a batch of them")
+    if not counts:
+        raise FastMMGANError("nothing given to encode")
+    if len(set(counts.values())) > 1:
+        sizes = ", ".join(f"{k}: {v}" for k, v in counts.items())
+        raise FastMMGANError(f"given modalities hold different numbers of samples ({sizes})")
+    return next(iter(counts.values()))
+
+
+def check_latents(z: Any, n: int, z_dim: int) -> torch.Tensor:
+    """``z`` as float32 [n, z_dim] on the CPU; a clear error when it has another shape or is not finite."""
+    try:
+        t = torch.as_tensor(np.asarray(z, dtype=np.float32) if not isinstance(z, torch.Tensor) else z).float().cpu()
+    except (TypeError, ValueError):
+        raise FastMMGANError("z: expected an array of numbers") from None
+    if t.ndim == 1:
+        t = t.expand(n, -1)
+    if tuple(t.shape) != (n, z_dim):
+        raise FastMMGANError(f"z: expected shape [{n}, {z_dim}] (or [{z_dim}]), got {list(t.shape)}")
+    if not torch.isfinite(t).all():
+        raise FastMMGANError("z: has non-finite values")
+    return t.contiguous()
 
 
 def wanted_modalities(specs: Sequence[ModalitySpec], modalities: str | Sequence[str] | None) -> list[ModalitySpec]:
@@ -136,13 +181,47 @@ class Sampler:
         out = self.generator(z.to(dev), [x.to(dev) for x in xs], mask.to(dev))
         return [o.float().cpu() for o in out]
 
+    @property
+    def has_encoder(self) -> bool:
+        """Whether the model was trained with an encoder (``--recon-weight`` or ``--latent-weight``)."""
+        return self.generator.encoder is not None
+
+    @torch.no_grad()
+    def posterior(self, xs: Sequence[torch.Tensor], mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The encoder's (mu, logvar), each CPU float32 [n, z_dim], for features xs [n, dim_m] (zeros where
+        absent) and the presence mask [n, M] (bool). The feature-level form of :meth:`encode`."""
+        if self.generator.encoder is None:
+            raise FastMMGANError("this model has no encoder (train it with --recon-weight or --latent-weight)")
+        dev = self.device
+        mu, logvar = self.generator.encoder([x.to(dev) for x in xs], mask.to(dev))
+        return mu.float().cpu(), logvar.float().cpu()
+
+    @torch.no_grad()
+    def encode(self, given: Mapping[str, Any], sample: bool = False, seed: int | None = None) -> torch.Tensor:
+        """The latents of real samples: float32 [n, z_dim] on the CPU, to pass to :meth:`sample` as ``z``.
+
+        ``given`` maps modality names to raw values as :meth:`sample` takes them (n captions, images [n,H,W],
+        clips [n,T]; any subset of the modalities, the rest counts as absent). Returns the encoder's posterior
+        mean, or with ``sample=True`` a draw from the posterior (seeded by ``seed``). Decoding the latents
+        under some of the same conditions (``sample(n, {"text": captions}, z=latents)``) rebuilds the others
+        as the encoder saw them; mixing latents of two samples interpolates their style.
+        """
+        if self.generator.encoder is None:
+            raise FastMMGANError("this model has no encoder (train it with --recon-weight or --latent-weight)")
+        n = batch_size_of(self.modalities, given)
+        xs, mask, _ = encode_conditions(self.modalities, n, given)
+        mu, logvar = self.posterior(xs, mask)
+        if not sample:
+            return mu
+        return mu + (0.5 * logvar).exp() * draw_noise(n, self.z_dim, seed)
+
     @torch.no_grad()
     def sample_features(
-        self, n: int, given: Mapping[str, Any] | None = None, seed: int | None = None
+        self, n: int, given: Mapping[str, Any] | None = None, seed: int | None = None, z: Any = None,
     ) -> tuple[list[torch.Tensor], dict[str, Any]]:
         """Generated features [n, dim_m] per modality (CPU float32) and the normalised conditions."""
         xs, mask, raw = encode_conditions(self.modalities, n, given)
-        return self.generate(draw_noise(n, self.z_dim, seed), xs, mask), raw
+        return self.generate(noise_for(n, self.z_dim, seed, z), xs, mask), raw
 
     def sample(
         self,
@@ -150,12 +229,14 @@ class Sampler:
         given: Mapping[str, Any] | None = None,
         seed: int | None = None,
         modalities: str | Sequence[str] | None = None,
+        z: Any = None,
     ) -> dict[str, Any]:
         """n samples of every modality (or of those named in ``modalities``): images [n,H,W] float32 in [0,1],
         audio [n,T] float32 in [-1,1], text a list of n strings. ``given`` maps modality names to raw
-        conditions; same seed, same output."""
+        conditions; same seed, same output. ``z`` ([n, z_dim] or one [z_dim] for every sample, e.g. from
+        :meth:`encode`) replaces the noise drawn from ``seed``."""
         wanted_modalities(self.modalities, modalities)  # a bad name fails before the generator runs
-        feats, raw = self.sample_features(n, given, seed)
+        feats, raw = self.sample_features(n, given, seed, z)
         return decode_outputs(self.modalities, feats, raw, modalities)
 
 

@@ -36,7 +36,7 @@ class MultimodalSampler(Protocol):
         ...
 
     def sample_features(
-        self, n: int, given: Mapping[str, Any] | None = None, seed: int | None = None
+        self, n: int, given: Mapping[str, Any] | None = None, seed: int | None = None, z: Any = None,
     ) -> tuple[list[torch.Tensor], dict[str, Any]]:
         """Generated features per modality for raw conditions, and the conditions as normalised."""
         ...
@@ -47,6 +47,8 @@ class MultimodalSampler(Protocol):
         given: Mapping[str, Any] | None = None,
         seed: int | None = None,
         modalities: str | Sequence[str] | None = None,
+        z: Any = None,
     ) -> dict[str, Any]:
-        """n decoded samples of every modality (or of those named); same seed, same samples."""
+        """n decoded samples of every modality (or of those named); same seed, same samples. ``z``
+        ([n, z_dim] latents, e.g. from an encoder) replaces the seeded noise."""
         ...

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -32,9 +33,13 @@ from .losses import (
     diversity_loss,
     generator_loss,
     gradient_penalty,
+    kl_to_prior,
+    latent_regression_loss,
     mmd_loss,
     r1_penalty,
+    reconstruction_loss,
 )
+from .modalities import ModalitySpec
 from .models import Discriminator, Generator, compose_fake
 from .ops import kernels_mode_now, tf32_allowed
 from .step_inputs import StepInputs
@@ -54,10 +59,18 @@ class Recipe:
     diversity_weight: float = TrainConfig.diversity_weight
     mmd_weight: float = TrainConfig.mmd_weight
     cond_diversity_weight: float = TrainConfig.cond_diversity_weight
+    recon_weight: float = TrainConfig.recon_weight
+    kl_weight: float = TrainConfig.kl_weight
+    latent_weight: float = TrainConfig.latent_weight
 
     @classmethod
     def from_config(cls, cfg: TrainConfig) -> Recipe:
-        return cls(cfg.loss, cfg.gp_weight, cfg.r1_weight, cfg.diversity_weight, cfg.mmd_weight, cfg.cond_diversity_weight)
+        return cls(cfg.loss, cfg.gp_weight, cfg.r1_weight, cfg.diversity_weight, cfg.mmd_weight, cfg.cond_diversity_weight,
+                   cfg.recon_weight, cfg.kl_weight, cfg.latent_weight)
+
+    @property
+    def uses_encoder(self) -> bool:
+        return self.recon_weight > 0 or self.latent_weight > 0
 
 
 def generate_twice(
@@ -72,6 +85,59 @@ def generate_twice(
     both = run(torch.cat([z, z.roll(-1, 0)]), [torch.cat([x, x]) for x in real], torch.cat([given, given]))
     outputs = [x.float().chunk(2) for x in both]
     return [a for a, _ in outputs], [b for _, b in outputs]
+
+
+class GeneratorPass(NamedTuple):
+    """What one step's generator pass made (see :func:`generator_pass`): its outputs (M tensors [B, dim_m] fp32),
+    the outputs for the same conditions from other noise (or None), the noise each row was generated from
+    [B, z_dim], and the encoder's terms for the generator's loss (0-d fp32, or None without an encoder)."""
+
+    generated: list[torch.Tensor]
+    alternative: list[torch.Tensor] | None
+    z: torch.Tensor
+    encoder_loss: torch.Tensor | None
+
+
+def encoded_rows(given: torch.Tensor) -> torch.Tensor:
+    """[B] bool: the rows whose noise the encoder takes from their real sample (cVAE-GAN): the conditioned rows
+    at even positions. The conditioned rows at odd positions keep prior noise (for latent regression and
+    for the discriminator's verdict on prior samples). Under torchrun the positions are each process's own,
+    which agree with one process's when every slice starts at an even row (an even per-process batch)."""
+    even = torch.arange(given.shape[0], device=given.device) % 2 == 0
+    return given.any(dim=1) & even
+
+
+def generator_pass(
+    G: Generator, z: torch.Tensor, real: Sequence[torch.Tensor], mask: torch.Tensor, given: torch.Tensor,
+    recipe: Recipe,
+) -> GeneratorPass:
+    """The generator's part of a step, shared by both steps (the compiled one calls it with G's parameters
+    swapped in by ``functional_call``).
+
+    Without an encoder: :func:`generate_twice`. With one (``G.encoder``, a cVAE-GAN or latent-regression
+    weight on): the rows of :func:`encoded_rows` are generated from ``mu + exp(logvar / 2) * z``, the
+    encoder's posterior for their real sample (the step's own noise is the reparameterisation's draw), and
+    must reconstruct the modalities they were not given (L1) while the posterior stays near the prior (KL);
+    the other conditioned rows are generated from z, and the encoder must recover z from their sample
+    (latent regression). ``G`` may be wrapped in DistributedDataParallel (the eager step under torchrun).
+    """
+    encoder = getattr(G, "module", G).encoder if recipe.uses_encoder else None
+    if encoder is None:
+        generated, alternative = generate_twice(G, z, real, given, recipe)
+        return GeneratorPass(generated, alternative, z, None)
+    vae = encoded_rows(given)
+    mu, logvar = encoder(real, mask)
+    z_used = torch.where(vae[:, None], mu + (0.5 * logvar).exp() * z.float(), z.float()).to(z.dtype)
+    generated, alternative = generate_twice(G, z_used, real, given, recipe)
+    vae_rows = vae.float()
+    loss = recipe.kl_weight * kl_to_prior(mu, logvar, vae_rows)
+    if recipe.recon_weight > 0:
+        loss = loss + recipe.recon_weight * reconstruction_loss(generated, real, mask & ~given, vae_rows)
+    if recipe.latent_weight > 0:
+        recovered, _ = encoder(compose_fake(real, generated, given), mask)
+        prior_rows = (given.any(dim=1) & ~vae).float()
+        loss = loss + recipe.latent_weight * latent_regression_loss(recovered, z, prior_rows)
+    return GeneratorPass(generated, alternative, z_used, loss)
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -130,20 +196,28 @@ MMD_ROWS = 256
 :func:`~fastmmgan.step_inputs.draw_step_inputs` puts the rows generated from noise first."""
 
 
+def varied_outputs(specs: Sequence[ModalitySpec]) -> list[bool]:
+    """Which outputs the conditional mode-seeking term asks to vary with the noise: all but text. A caption's
+    words restate the condition's content in another form; pushing captions of one condition apart changes
+    what they say (measured on the digits: image -> text accuracy fell to 16% at weight 1.0 with text in)."""
+    return [s.kind != "text" for s in specs]
+
+
 def generator_objective(
-    D: Discriminator, batch: StepInputs, generated: Sequence[torch.Tensor], recipe: Recipe,
-    alternative: Sequence[torch.Tensor] | None = None,
-) -> torch.Tensor:
-    """The generator's loss (0-d fp32) for its outputs ``generated`` (M tensors [B, dim_m]) judged by ``D``
-    (given modalities replaced by the real ones first), plus the mode-seeking diversity term, the MMD
-    between the rows generated from noise alone and the real batch, and, with ``alternative`` (the same
-    conditions from other noise, see :func:`generate_twice`), the conditional mode-seeking term."""
+    D: Discriminator, batch: StepInputs, made: GeneratorPass, recipe: Recipe) -> torch.Tensor:
+    """The generator's loss (0-d fp32) for what its pass ``made`` (:func:`generator_pass`): its outputs judged by
+    ``D`` (given modalities replaced by the real ones first), plus the mode-seeking diversity term, the MMD
+    between the rows generated from noise alone and the real batch, with an alternative pass (the same
+    conditions from other noise) the conditional mode-seeking term, and the encoder's terms."""
+    generated = made.generated
     fake = compose_fake(batch.real, generated, batch.given)
     loss_g = generator_loss(recipe.loss, D(fake, batch.mask))
     loss_g = loss_g + recipe.diversity_weight * diversity_loss(generated, batch.z, batch.given)
-    if alternative is not None:
+    if made.alternative is not None:
         loss_g = loss_g + recipe.cond_diversity_weight * conditional_diversity_loss(
-            generated, alternative, batch.z, batch.z.roll(-1, 0), batch.given)
+            generated, made.alternative, made.z, made.z.roll(-1, 0), batch.given, varied_outputs(D.specs))
+    if made.encoder_loss is not None:
+        loss_g = loss_g + made.encoder_loss
     if recipe.mmd_weight > 0:
         loss_g = loss_g + recipe.mmd_weight * batch_mmd(generated, batch)
     return loss_g
@@ -208,8 +282,8 @@ class ReferenceStep:
 
     def __call__(self, batch: StepInputs) -> dict[str, torch.Tensor]:
         with autocast(self.device, self.amp_dtype):
-            generated, alternative = generate_twice(self.G, batch.z, batch.real, batch.given, self.recipe)
-        fake = compose_fake(batch.real, generated, batch.given)
+            made = generator_pass(self.G, batch.z, batch.real, batch.mask, batch.given, self.recipe)
+        fake = compose_fake(batch.real, made.generated, batch.given)
 
         with autocast(self.device, self.amp_dtype):
             loss_d = discriminator_objective(self.D, batch, fake, self.recipe).float()
@@ -222,7 +296,7 @@ class ReferenceStep:
         self.D.requires_grad_(False)
         judge = getattr(self.D, "module", self.D)
         with autocast(self.device, self.amp_dtype):
-            loss_g = generator_objective(judge, batch, generated, self.recipe, alternative).float()
+            loss_g = generator_objective(judge, batch, made, self.recipe).float()
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.D.requires_grad_(True)
@@ -344,7 +418,7 @@ class CompiledStep:
         self.g_objective = _Bound(discriminator, partial(generator_objective, recipe=recipe))
         self.g_names = ["module." + n for n, _ in generator.named_parameters()]
         self.d_names = ["module." + n for n, _ in discriminator.named_parameters()]
-        self._generate = _Bound(generator, lambda G, z, real, given: G(z, real, given))
+        self._generate = _Bound(generator, partial(generator_pass, recipe=recipe))
         self.device = torch.device(device) if device is not None else next(generator.parameters()).device
         self.cuda = self.device.type == "cuda"
         self.amp_dtype = autocast_dtype("auto", self.device) if amp_dtype == "auto" else amp_dtype
@@ -452,9 +526,8 @@ class CompiledStep:
         amp = partial(autocast, self.device, self.amp_dtype)
         with torch.enable_grad():
             with amp():
-                run_g = partial(functional_call, self._generate, dict(zip(self.g_names, g_params)))
-                generated, alternative = generate_twice(lambda *a: run_g(a), z, real, given, self.recipe)
-            fake = [f.detach() for f in compose_fake(real, generated, given)]
+                made = functional_call(self._generate, dict(zip(self.g_names, g_params)), (z, real, mask, given))
+            fake = [f.detach() for f in compose_fake(real, made.generated, given)]
             with amp():
                 loss_d = functional_call(self.d_objective, dict(zip(self.d_names, d_params)), (batch, fake)).float()
             d_grads = average_grads(torch.autograd.grad(loss_d, d_params))
@@ -463,8 +536,7 @@ class CompiledStep:
 
         with torch.enable_grad():
             with amp():
-                loss_g = functional_call(self.g_objective, dict(zip(self.d_names, d_new)), (batch, generated),
-                                         {"alternative": alternative}).float()
+                loss_g = functional_call(self.g_objective, dict(zip(self.d_names, d_new)), (batch, made)).float()
             g_grads = average_grads(torch.autograd.grad(loss_g, g_params))
         ok_g = all_finite(loss_g, g_grads)
         g_new, g_scalars = adam_update(g_params, g_grads, *g_opt, lr_g, self.hyper_g, ok_g)

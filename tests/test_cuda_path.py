@@ -23,7 +23,9 @@ TINY = ["--steps", "2", "--batch-size", "16", "--z-dim", "8", "--g-width", "32",
         "--g-depth", "1", "--d-depth", "1", "--log-every", "1", "--ckpt-every", "0", "--sample-every", "0",
         "--no-progress"]
 EMULATED = ["--device", "cpu", "--compile", "--compile-backend", "aot_eager", "--precision", "bf16"]
-RECIPES = {"ns": [], "r1": ["--r1-weight", "5"], "wgan-gp": ["--loss", "wgan-gp"]}
+RECIPES = {"ns": [], "r1": ["--r1-weight", "5"], "wgan-gp": ["--loss", "wgan-gp"],
+           "attention-encoder": ["--fusion", "attention", "--recon-weight", "5", "--latent-weight", "0.5", "--e-width",
+                                 "32", "--e-depth", "1", "--r1-weight", "5"]}
 
 
 def train(out: Path, args: list[str], **env: str) -> subprocess.CompletedProcess:
@@ -46,6 +48,8 @@ def test_emulated_cuda_step_trains_on_the_triton_kernels(tmp_path, recipe):
     assert step["kind"] == "CompiledStep" and step["kernels"] == "triton" and step["precision"] == "bf16"
     launched = step["kernel_launches"]
     assert launched["projection_fwd"] > 0 and launched["dgrad"] > 0 and launched["wgrad"] > 0, launched
+    if "--fusion" in RECIPES[recipe]:  # the attention of G, D and the encoder, forward and backward
+        assert launched["attention_fwd"] > 0 and launched["attention_bwd"] > 0, launched
     compiled = next(e for e in log if e.get("event") == "compiled")
     assert compiled["backend"] == "aot_eager"
     losses = [e for e in log if "train/loss_d" in e or "loss_d" in e]

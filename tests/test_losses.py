@@ -105,6 +105,10 @@ def test_conditional_diversity_loss_penalises_one_output_per_condition_on_what_w
     assert conditional_diversity_loss(same, moved_free, z, z_alt, given).item() == pytest.approx(2e5 / 4, rel=1e-3)
     varied = [x + torch.rand_like(x) for x in same]
     assert conditional_diversity_loss(same, varied, z, z_alt, given).item() < 10.0
+    # Modality 1 left out of the term: row 0 and row 3 (free: modality 1 only) have nothing to vary and count 0;
+    # row 1 (free: modality 0) still does.
+    only_first = conditional_diversity_loss(same, same, z, z_alt, given, varied=[True, False])
+    assert only_first.item() == pytest.approx(1e5 / 4, rel=1e-3)
 
 
 def test_mmd_sees_a_missing_cluster_and_pulls_towards_it():

@@ -1,5 +1,6 @@
 """Model shapes, output ranges, and that a masked-out modality cannot change the output."""
 
+import pytest
 import torch
 
 from fastmmgan.data import digits_specs
@@ -91,6 +92,18 @@ def test_noise_components_are_a_uniform_one_hot_of_the_argmax():
     assert (share - 0.25).abs().max() < 0.03
     assert gen.fusion.proj[0].weight.shape == (32, 12)
     assert Generator(SPECS, z_dim=8, width=32, depth=1).noise_features(z) is z
+
+
+def test_conditioned_rows_can_go_without_the_component():
+    """With ``conditioned_components=False`` rows given a modality get no one-hot (the condition picks the
+    cluster), rows from noise alone keep theirs; the default keeps it everywhere (runs saved before the option)."""
+    z = torch.randn(4, 8, generator=torch.Generator().manual_seed(0))
+    given = torch.tensor([[False, False, False], [True, False, False], [False, False, True], [False, False, False]])
+    off = Generator(SPECS, z_dim=8, width=32, depth=1, components=4, conditioned_components=False)
+    onehot = off.noise_features(z, given)[:, 8:]
+    assert onehot.sum(dim=1).tolist() == pytest.approx([8**0.5, 0.0, 0.0, 8**0.5])
+    default = Generator(SPECS, z_dim=8, width=32, depth=1, components=4)
+    assert torch.equal(default.noise_features(z, given), default.noise_features(z))
 
 
 def test_noise_components_cannot_exceed_the_noise_size():

@@ -114,6 +114,18 @@ def test_compiled_formulation_matches_reference_with_conditional_mode_seeking(da
     make_pair(data, replace(CFG, cond_diversity_weight=2.0), "aot_eager")
 
 
+def test_compiled_formulation_matches_reference_with_the_encoder(data):
+    """The encoder's posterior rows, reconstruction, KL and latent regression inside the generator's pass, in
+    both steps; the encoder's weights train (they are the generator's last parameters)."""
+    pair = make_pair(data, replace(CFG, recon_weight=5.0, latent_weight=0.5, e_width=32, e_depth=1), "aot_eager")
+    encoder = [id(p) for p in pair.fast_models.G.encoder.parameters()]
+    params = list(pair.fast_models.G.parameters())
+    assert [id(p) for p in params[-len(encoder):]] == encoder
+    index = len(params) - len(encoder)
+    moved = [not torch.equal(a, b) for a, b in zip(params[index:], pair.initial[index:])]
+    assert all(moved)
+
+
 def test_nan_in_data_skips_the_update_in_both_steps(default_pair, data):
     batch = poisoned(draw_step_inputs(data, STEPS, default_pair.cfg))
     for step, models in ((default_pair.ref, default_pair.ref_models), (default_pair.fast, default_pair.fast_models)):
