@@ -27,12 +27,12 @@ import torch
 
 from benchmarks.handwritten import HandwrittenGAN
 from benchmarks.train_bench import gemm_flops, prepare
-from benchmarks.train_configs import CONFIGS, default_batches
+from benchmarks.train_configs import CONFIGS, SUITE_CONFIGS, default_batches
 from fastmmgan.step import CompiledStep, ReferenceStep, StepInputs
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
-CASES = [(name, batch) for name in CONFIGS for batch in default_batches(name, CUDA)]
+CASES = [(name, batch) for name in SUITE_CONFIGS for batch in default_batches(name, CUDA)]
 PEERED = ("seed-mnist",)
 """Configs with a plain-MLP equivalent (one modality, no recipe extras), timed against the hand-written loop."""
 IMPLS = ("compiled", "reference", "hand-written", "hand-written-compiled")

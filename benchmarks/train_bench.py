@@ -17,6 +17,7 @@ Configs (see :data:`CONFIGS`):
   leads with the compiled step's speed-up over it.
 - ``digits``: :class:`~fastmmgan.config.TrainConfig` defaults on the built-in digits data.
 - ``wide``: width 1024 on the digits modalities with random data; batch 4096 on a GPU, 1024 on a CPU.
+- ``digits-attention``: the digits defaults with ``--fusion attention`` (batch 64), to set beside ``digits``.
 """
 
 from __future__ import annotations

@@ -54,11 +54,17 @@ CONFIGS: dict[str, BenchConfig] = {
     "seed-mnist": BenchConfig("seed-mnist", SEED_MNIST, _seed_mnist_data),
     "digits": BenchConfig("digits", TrainConfig(), _digits_data),
     "wide": BenchConfig("wide", TrainConfig(g_width=1024, d_width=1024), _wide_data),
+    "digits-attention": BenchConfig("digits-attention", TrainConfig(fusion="attention"), _digits_data),
 }
+SUITE_CONFIGS = ("seed-mnist", "digits", "wide")
+"""The configs the pytest-benchmark suite times (the shipped fusion); ``python -m fastmmgan.bench`` times all."""
 
 
 def default_batches(name: str, cuda: bool) -> list[int]:
-    """Batch sizes a config is timed at: the targets' 64 and 1024; ``wide`` at 4096 on a GPU, 1024 on a CPU."""
+    """Batch sizes a config is timed at: the targets' 64 and 1024; ``wide`` at 4096 on a GPU, 1024 on a CPU;
+    ``digits-attention`` at 64 (the default batch, where it is compared with ``digits``)."""
     if name == "wide":
         return [4096 if cuda else 1024]
+    if name == "digits-attention":
+        return [64]
     return [64, 1024]

@@ -84,3 +84,18 @@ def test_attention_fusion_exports_with_standard_ops_and_parity(attention_run, tm
     got = onnx_gen.run(z.numpy(), [x.numpy() for x in xs], mask.float().numpy())
     for g, e in zip(got, expected, strict=True):
         np.testing.assert_allclose(g, e.numpy(), atol=1e-5, rtol=1e-3)
+
+
+def test_the_server_serves_an_attention_model(attention_run, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from fastmmgan.export.server import create_app
+
+    path = tmp_path / "attn.onnx"
+    export_generator(attention_run, path)
+    generator = OnnxGenerator(path, device="cpu")
+    with TestClient(create_app(generator)) as client:
+        r = client.post("/generate", json={"n": 3, "given": {"text": "the number 3"}, "seed": 5})
+    assert r.status_code == 200, r.text
+    expected = generator.sample(3, {"text": "the number 3"}, seed=5)
+    np.testing.assert_allclose(np.asarray(r.json()["outputs"]["image"], dtype=np.float32), expected["image"], atol=1e-6)
