@@ -25,7 +25,7 @@ TINY = ["--steps", "2", "--batch-size", "16", "--z-dim", "8", "--g-width", "32",
 EMULATED = ["--device", "cpu", "--compile", "--compile-backend", "aot_eager", "--precision", "bf16"]
 RECIPES = {"ns": [], "r1": ["--r1-weight", "5"], "wgan-gp": ["--loss", "wgan-gp"],
            "attention-encoder": ["--fusion", "attention", "--recon-weight", "5", "--latent-weight", "0.5", "--e-width",
-                                 "32", "--e-depth", "1", "--r1-weight", "5"]}
+                                 "32", "--e-depth", "1"]}
 
 
 def train(out: Path, args: list[str], **env: str) -> subprocess.CompletedProcess:
