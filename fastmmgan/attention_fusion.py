@@ -30,7 +30,7 @@ class AttentionFusion(nn.Module):
 
     1. token_m = W_m x_m + b_m [N] for each modality (own ``nn.Linear``; its bias is the modality's learned
        embedding, so a token also says which modality it is); absent modalities' tokens are set to 0;
-    2. t = token + Wo · attention(Wqkv · token) (``heads`` heads of N / heads dims; absent tokens are
+    2. t = token + Wo · attention(Wqkv · token + (b_q, 0, b_v)) (``heads`` heads of N / heads dims; absent tokens are
        neither attended to nor attend);
     3. t = t + W2 · lrelu(W1 · t + b1) on each token (W1 through ``ops.fused_dense``);
     4. y = lrelu(masked mean of t over the present tokens + bias).
@@ -49,7 +49,11 @@ class AttentionFusion(nn.Module):
             raise ValueError(f"out_features ({out_features}) must be a positive multiple of heads ({heads})")
         n = out_features
         self.proj = nn.ModuleList(nn.Linear(k, n, bias=True) for k in in_dims)
-        self.qkv = nn.Linear(n, 3 * n)
+        # No key bias: it adds q . b_k to every score of a row, which the softmax cancels, so its gradient is
+        # exactly 0 and Adam would turn the rounding noise of that 0 into full-size updates.
+        self.qkv = nn.Linear(n, 3 * n, bias=False)
+        self.q_bias = nn.Parameter(torch.zeros(n))
+        self.v_bias = nn.Parameter(torch.zeros(n))
         self.attn_out = nn.Linear(n, n)
         self.mlp_in = nn.Linear(n, n)
         self.mlp_out = nn.Linear(n, n)
@@ -89,7 +93,8 @@ class AttentionFusion(nn.Module):
         tokens = torch.where(present[:, :, None], tokens, torch.zeros((), dtype=tokens.dtype, device=tokens.device))
 
         # Self-attention with a residual: [B, M, 3N] -> q, k, v [B, H, M, D] (views, no copies).
-        qkv = self.qkv(tokens).view(batch, num_mod, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
+        qkv_bias = torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
+        qkv = F.linear(tokens, self.qkv.weight, qkv_bias).view(batch, num_mod, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
         attended = ops.masked_attention(qkv[0], qkv[1], qkv[2], present)  # [B, H, M, D]
         attended = attended.transpose(1, 2).reshape(batch, num_mod, n)
         t = tokens + self.attn_out(attended)

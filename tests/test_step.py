@@ -126,6 +126,12 @@ def test_compiled_formulation_matches_reference_with_the_encoder(data):
     assert all(moved)
 
 
+def test_compiled_formulation_matches_reference_with_attention_fusion(data):
+    """G's and D's attention fusions in both steps. Every parameter's gradient is meaningful: a key bias (its
+    gradient exactly 0, cancelled by the softmax) let Adam turn rounding noise into updates that differed."""
+    make_pair(data, replace(CFG, fusion="attention"), "aot_eager")
+
+
 def test_nan_in_data_skips_the_update_in_both_steps(default_pair, data):
     batch = poisoned(draw_step_inputs(data, STEPS, default_pair.cfg))
     for step, models in ((default_pair.ref, default_pair.ref_models), (default_pair.fast, default_pair.fast_models)):
