@@ -57,7 +57,7 @@ CONFIGS: dict[str, BenchConfig] = {
     "digits-attention": BenchConfig("digits-attention", TrainConfig(fusion="attention"), _digits_data),
 }
 SUITE_CONFIGS = ("seed-mnist", "digits", "wide")
-"""The configs the pytest-benchmark suite times (the shipped fusion); ``python -m fastmmgan.bench`` times all."""
+"""The configs the pytest-benchmark suite and ``python -m fastmmgan.bench`` time by default (the shipped fusion)."""
 
 
 def default_batches(name: str, cuda: bool) -> list[int]:
