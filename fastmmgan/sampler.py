@@ -206,8 +206,6 @@ class Sampler:
         under some of the same conditions (``sample(n, {"text": captions}, z=latents)``) rebuilds the others
         as the encoder saw them; mixing latents of two samples interpolates their style.
         """
-        if self.generator.encoder is None:
-            raise FastMMGANError("this model has no encoder (train it with --recon-weight or --latent-weight)")
         n = batch_size_of(self.modalities, given)
         xs, mask, _ = encode_conditions(self.modalities, n, given)
         mu, logvar = self.posterior(xs, mask)

@@ -14,7 +14,7 @@ import math
 import pytest
 import torch
 
-from conftest import CUDA, KERNEL_DEVICE, requires_cuda
+from conftest import CUDA, KERNEL_DEVICE, assert_matches, requires_cuda
 
 pytest.importorskip("triton")
 
@@ -32,16 +32,6 @@ def on_kernel_device():
 K_IN, N_OUT = 37, 45
 K_MODS = (37, 20, 45, 9, 16, 33, 5, 64, 17)
 LOW_PRECISION = (torch.bfloat16, torch.float16)
-
-
-def assert_matches(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> None:
-    """The numerics policy: fp32 at 1e-5 scaled by magnitude, 16-bit at 2e-2 against the fp32 reference cast."""
-    assert actual.dtype == dtype and actual.shape == expected.shape
-    if dtype == torch.float32:
-        atol = 1e-5 * max(1.0, expected.abs().max().item())
-        torch.testing.assert_close(actual, expected, rtol=1e-5, atol=atol)
-    else:
-        torch.testing.assert_close(actual.float(), expected.to(dtype).float(), rtol=2e-2, atol=2e-2)
 
 
 def leaves(tensors: list[torch.Tensor | None], dtype: torch.dtype) -> list[torch.Tensor | None]:

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import KERNEL_DEVICE
+from conftest import KERNEL_DEVICE, assert_matches
 
 pytest.importorskip("triton")
 
@@ -31,16 +31,6 @@ def on_kernel_device():
     """Every tensor a test makes lives on the kernels' device (CUDA on a GPU host)."""
     with torch.device(KERNEL_DEVICE):
         yield
-
-
-def assert_matches(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> None:
-    """The numerics policy: fp32 at 1e-5 scaled by magnitude, 16-bit at 2e-2 against the fp32 reference cast."""
-    assert actual.dtype == dtype and actual.shape == expected.shape
-    if dtype == torch.float32:
-        atol = 1e-5 * max(1.0, expected.abs().max().item())
-        torch.testing.assert_close(actual, expected, rtol=1e-5, atol=atol)
-    else:
-        torch.testing.assert_close(actual.float(), expected.to(dtype).float(), rtol=2e-2, atol=2e-2)
 
 
 def every_pattern_mask(batch: int, num_tokens: int) -> torch.Tensor:
