@@ -14,7 +14,8 @@ from .losses import LOSSES, check_loss
 ADDED_FIELDS: dict[str, Any] = {"z_components": 0, "r1_weight": 0.0, "mmd_weight": 0.0, "g_widths": None,
                                  "d_widths": None, "mbstd_group": 4, "cond_diversity_weight": 0.0,
                                  "recon_weight": 0.0, "kl_weight": 0.01, "latent_weight": 0.0, "e_width": 256,
-                                 "e_depth": 2, "conditioned_components": True, "fusion": "projection"}
+                                 "e_depth": 2, "conditioned_components": True, "fusion": "projection",
+                                 "energy_weight": 0.0}
 """Fields added after the first release, with the values that reproduce runs saved without them."""
 PRECISIONS = ("auto", "bf16", "fp32")
 FUSIONS = ("projection", "attention")
@@ -72,6 +73,10 @@ class TrainConfig:
     cond_diversity_weight: float = _setting(0.0, "weight of the mode-seeking term on conditioned rows: the same "
                                                  "conditions from two noise draws must give different images and "
                                                  "audio (0: off; costs a second generator pass)")
+    energy_weight: float = _setting(0.0, "weight of the conditional energy score: two samples of one row's conditions "
+                                         "(two noise draws) must lie as far from its real sample, and from each "
+                                         "other, as real samples of those conditions do (0: off; costs a second "
+                                         "generator pass)")
     recon_weight: float = _setting(0.0, "weight of the cVAE-GAN term: conditioned rows whose noise the encoder takes from "
                                         "their own real sample must reconstruct it (0 with --latent-weight 0: no "
                                         "encoder)")
@@ -150,8 +155,8 @@ class TrainConfig:
         for name in ("ckpt_every", "sample_every", "eval_every", "log_every"):
             if getattr(self, name) < 0:
                 raise FastMMGANError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
-        for name in ("diversity_weight", "r1_weight", "mmd_weight", "cond_diversity_weight", "recon_weight", "kl_weight",
-                     "latent_weight"):
+        for name in ("diversity_weight", "r1_weight", "mmd_weight", "cond_diversity_weight", "energy_weight", "recon_weight",
+                     "kl_weight", "latent_weight"):
             if not getattr(self, name) >= 0:
                 raise FastMMGANError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         for name in ("lr", "gp_weight"):

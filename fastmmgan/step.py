@@ -29,6 +29,7 @@ from .config import COMPILE_BACKENDS, PRECISIONS, TrainConfig
 from .distributed import average_grads, gather_rows, in_process_group
 from .losses import (
     conditional_diversity_loss,
+    conditional_energy_loss,
     discriminator_loss,
     diversity_loss,
     generator_loss,
@@ -59,6 +60,7 @@ class Recipe:
     diversity_weight: float = TrainConfig.diversity_weight
     mmd_weight: float = TrainConfig.mmd_weight
     cond_diversity_weight: float = TrainConfig.cond_diversity_weight
+    energy_weight: float = TrainConfig.energy_weight
     recon_weight: float = TrainConfig.recon_weight
     kl_weight: float = TrainConfig.kl_weight
     latent_weight: float = TrainConfig.latent_weight
@@ -66,21 +68,27 @@ class Recipe:
     @classmethod
     def from_config(cls, cfg: TrainConfig) -> Recipe:
         return cls(cfg.loss, cfg.gp_weight, cfg.r1_weight, cfg.diversity_weight, cfg.mmd_weight, cfg.cond_diversity_weight,
-                   cfg.recon_weight, cfg.kl_weight, cfg.latent_weight)
+                   cfg.energy_weight, cfg.recon_weight, cfg.kl_weight, cfg.latent_weight)
 
     @property
     def uses_encoder(self) -> bool:
         return self.recon_weight > 0 or self.latent_weight > 0
+
+    @property
+    def draws_twice(self) -> bool:
+        """Whether the generator also makes each row from a second noise draw (for the conditional mode-seeking
+        term or the energy score)."""
+        return self.cond_diversity_weight > 0 or self.energy_weight > 0
 
 
 def generate_twice(
     run: Callable[[torch.Tensor, Sequence[torch.Tensor], torch.Tensor], Sequence[torch.Tensor]],
     z: torch.Tensor, real: Sequence[torch.Tensor], given: torch.Tensor, recipe: Recipe,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
-    """The generator's outputs for the batch (fp32) and, when the recipe's conditional mode-seeking term is on,
-    its outputs for the same conditions from other noise (each row takes the next row's z), made in the same
-    call on 2B rows. ``run`` is the generator (a module, or the compiled step's functional call of it)."""
-    if recipe.cond_diversity_weight <= 0:
+    """The generator's outputs for the batch (fp32) and, when the recipe :attr:`~Recipe.draws_twice`, its outputs
+    for the same conditions from other noise (each row takes the next row's z), made in the same call on 2B
+    rows. ``run`` is the generator (a module, or the compiled step's functional call of it)."""
+    if not recipe.draws_twice:
         return [x.float() for x in run(z, real, given)], None
     both = run(torch.cat([z, z.roll(-1, 0)]), [torch.cat([x, x]) for x in real], torch.cat([given, given]))
     outputs = [x.float().chunk(2) for x in both]
@@ -208,14 +216,18 @@ def generator_objective(
     """The generator's loss (0-d fp32) for what its pass ``made`` (:func:`generator_pass`): its outputs judged by
     ``D`` (given modalities replaced by the real ones first), plus the mode-seeking diversity term, the MMD
     between the rows generated from noise alone and the real batch, with an alternative pass (the same
-    conditions from other noise) the conditional mode-seeking term, and the encoder's terms."""
+    conditions from other noise) the conditional mode-seeking term and the conditional energy score, and the
+    encoder's terms."""
     generated = made.generated
     fake = compose_fake(batch.real, generated, batch.given)
     loss_g = generator_loss(recipe.loss, D(fake, batch.mask))
     loss_g = loss_g + recipe.diversity_weight * diversity_loss(generated, batch.z, batch.given)
-    if made.alternative is not None:
+    if made.alternative is not None and recipe.cond_diversity_weight > 0:
         loss_g = loss_g + recipe.cond_diversity_weight * conditional_diversity_loss(
             generated, made.alternative, made.z, made.z.roll(-1, 0), batch.given, varied_outputs(D.specs))
+    if made.alternative is not None and recipe.energy_weight > 0:
+        loss_g = loss_g + recipe.energy_weight * conditional_energy_loss(
+            generated, made.alternative, batch.real, batch.mask & ~batch.given, batch.given.any(dim=1))
     if made.encoder_loss is not None:
         loss_g = loss_g + made.encoder_loss
     if recipe.mmd_weight > 0:

@@ -111,6 +111,50 @@ def test_conditional_diversity_loss_penalises_one_output_per_condition_on_what_w
     assert only_first.item() == pytest.approx(1e5 / 4, rel=1e-3)
 
 
+def test_conditional_energy_loss_values_by_hand():
+    from fastmmgan.losses import conditional_energy_loss
+
+    real = [torch.zeros(3, 4), torch.zeros(3, 2)]
+    generated = [torch.full((3, 4), 2.0), torch.zeros(3, 2)]
+    alternative = [torch.full((3, 4), -2.0), torch.full((3, 2), 1.0)]
+    both = torch.ones(3, 2, dtype=torch.bool)
+    rows = torch.ones(3)
+    # Over both modalities: |X - y| = sqrt((4 + 0) / 2), |X' - y| = sqrt((4 + 1) / 2), |X - X'| = sqrt((16 + 1) / 2).
+    by_hand = 0.5 * (math.sqrt(2.0) + math.sqrt(2.5)) - 0.5 * math.sqrt(8.5)
+    assert conditional_energy_loss(generated, alternative, real, both, rows).item() == pytest.approx(by_hand, rel=1e-5)
+    # Only modality 1 a target: |X - y| = 0, |X' - y| = 1, |X - X'| = 1.
+    second = torch.tensor([[False, True]] * 3)
+    assert conditional_energy_loss(generated, alternative, real, second, rows).item() == pytest.approx(0.0, abs=1e-5)
+    # A row dropped, or left without a target modality, counts 0 inside the mean over all B rows.
+    only_first_row = torch.tensor([1.0, 0.0, 0.0])
+    no_target = both.clone()
+    no_target[1:] = False
+    for target, weights in ((both, only_first_row), (no_target, rows)):
+        value = conditional_energy_loss(generated, alternative, real, target, weights).item()
+        assert value == pytest.approx(by_hand / 3, rel=1e-5)
+
+
+def test_conditional_energy_loss_is_smallest_at_the_data_spread_not_at_collapse():
+    """Real samples of one condition are -1 or +1; the generator draws -s or +s. The expected score is
+    0.5 |s - 1| + 0.5: collapse (s = 0) and over-spread (s = 2) both lose to the data's own spread (s = 1),
+    which a pure mode-seeking term (largest |X - X'| wins) would not see."""
+    from fastmmgan.losses import conditional_energy_loss
+
+    signs = torch.tensor([[a, b, c] for a in (-1.0, 1.0) for b in (-1.0, 1.0) for c in (-1.0, 1.0)])
+    target = torch.ones(8, 1, dtype=torch.bool)
+
+    def score(s: float) -> float:
+        return conditional_energy_loss([s * signs[:, :1]], [s * signs[:, 1:2]], [signs[:, 2:]], target,
+                                       torch.ones(8)).item()
+
+    spreads = [0.0, 0.5, 1.0, 1.5, 2.0]
+    scores = [score(s) for s in spreads]
+    assert scores == pytest.approx([0.5 * abs(s - 1) + 0.5 for s in spreads], abs=1e-5)
+    s = torch.tensor(0.2, requires_grad=True)
+    conditional_energy_loss([s * signs[:, :1]], [s * signs[:, 1:2]], [signs[:, 2:]], target, torch.ones(8)).backward()
+    assert s.grad.item() == pytest.approx(-0.5, abs=1e-4)
+
+
 def test_mmd_sees_a_missing_cluster_and_pulls_towards_it():
     """Real rows from two clusters; fakes from one of them score worse than fakes from both, and the
     gradient moves the fakes towards the missing cluster. Weights pick the rows that count."""

@@ -22,10 +22,19 @@ from fastmmgan.build import Models, build_models
 from fastmmgan.config import TrainConfig
 from fastmmgan.data import digits_specs
 from fastmmgan.kernels.fused_dense import launches
-from fastmmgan.losses import discriminator_loss
+from fastmmgan.losses import conditional_energy_loss, discriminator_loss
 from fastmmgan.modalities import ModalitySpec
 from fastmmgan.ops import kernels_mode
-from fastmmgan.step import CompiledStep, Recipe, ReferenceStep, StepInputs, build_step, discriminator_objective
+from fastmmgan.step import (
+    CompiledStep,
+    Recipe,
+    ReferenceStep,
+    StepInputs,
+    build_step,
+    discriminator_objective,
+    generator_objective,
+    generator_pass,
+)
 from fastmmgan.step_inputs import draw_step_inputs
 
 CFG = TrainConfig(batch_size=16, z_dim=8, g_width=32, d_width=32, g_depth=1, d_depth=1, device="cpu")
@@ -112,6 +121,28 @@ def poisoned(batch: StepInputs) -> StepInputs:
 def test_compiled_formulation_matches_reference_with_conditional_mode_seeking(data):
     """The second generator pass (same conditions, the next row's noise) and its term, in both steps."""
     make_pair(data, replace(CFG, cond_diversity_weight=2.0), "aot_eager")
+
+
+def test_compiled_formulation_matches_reference_with_the_energy_score(data):
+    """The second generator pass and the conditional energy score against each row's real sample, in both steps."""
+    make_pair(data, replace(CFG, energy_weight=4.0), "aot_eager")
+
+
+def test_generator_objective_adds_the_weighted_energy_score_of_the_second_draw(data):
+    """With the weight on, the pass makes a second draw per row and the objective is the plain one plus
+    weight x the energy score of the two draws at the real batch, over what each conditioned row was not given."""
+    cfg = replace(CFG, energy_weight=4.0)
+    models = build_models(data, cfg)
+    batch = draw_step_inputs(data, 0, cfg)
+    recipe = Recipe.from_config(cfg)
+    made = generator_pass(models.G, batch.z, batch.real, batch.mask, batch.given, recipe)
+    assert made.alternative is not None
+    plain = generator_objective(models.D, batch, made, replace(recipe, energy_weight=0.0))
+    energy = conditional_energy_loss(made.generated, made.alternative, batch.real, batch.mask & ~batch.given,
+                                     batch.given.any(dim=1))
+    assert energy.item() > 0.01
+    total = generator_objective(models.D, batch, made, recipe)
+    assert total.item() == pytest.approx(plain.item() + 4.0 * energy.item(), rel=1e-5)
 
 
 def test_compiled_formulation_matches_reference_with_the_encoder(data):
