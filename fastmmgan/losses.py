@@ -152,13 +152,10 @@ def conditional_diversity_loss(
     return (conditioned / (d_out / d_z + 1e-5)).sum() / len(z)
 
 
-def _rms_distance(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
-    """[B] distance between rows of ``a`` and ``b`` over the modalities ``target`` [B, M] (float) selects: the
-    square root of the mean over those modalities of the per-feature mean squared difference (a Euclidean norm
-    in which a 576-bin spectrogram weighs as much as a 25-word caption). The 1e-12 keeps the root's gradient
-    finite where two rows are equal."""
-    sq = torch.stack([(x.float() - y.float()).square().mean(dim=1) for x, y in zip(a, b, strict=True)], 1)
-    return ((sq * target).sum(dim=1) / target.sum(dim=1).clamp_min(1.0) + 1e-12).sqrt()
+def _rms_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """[B] root mean squared difference between the rows of ``a`` and ``b`` [B, dim] (fp32). The 1e-12 keeps
+    the root's gradient finite where two rows are equal."""
+    return ((a.float() - b.float()).square().mean(dim=1) + 1e-12).sqrt()
 
 
 def conditional_energy_loss(
@@ -167,22 +164,26 @@ def conditional_energy_loss(
 ) -> torch.Tensor:
     """The energy score (Gneiting & Raftery 2007) of the generator's conditional distribution at each row's real
     sample: with X, X' two samples for the row's conditions (two noise draws) and y its real sample,
-    ``(|X - y| + |X' - y|) / 2 - |X - X'| / 2``.
+    ``(|X - y| + |X' - y|) / 2 - |X - X'| / 2``, summed over the modalities ``target`` [B, M] (bool: generated,
+    and with a real value) marks.
 
     The score is strictly proper: its expectation over the data is smallest exactly when, for every condition,
-    the samples follow the real conditional distribution. So it rewards spread only up to the data's own (the
-    second part pushes two samples apart, the first pulls both to real samples of the same condition), unlike
-    mode seeking, which rewards any difference. One real sample per condition is enough (no labels, no
-    pairs of real samples of one class). |.| is :func:`_rms_distance` over the modalities ``target`` [B, M]
-    (bool: generated, and with a real value) marks, taken jointly so cross-modal agreement counts; rows are
-    weighted by ``rows`` [B] (float, 0 drops one) and summed over B (a mean over all rows, so data-parallel
-    processes average to one process's value). generated, alternative, real: M tensors [B, dim_m]. 0-d fp32.
+    each modality's samples follow its real conditional distribution. So it rewards spread only up to the
+    data's own (the second part pushes two samples apart, the first pulls both to real samples of the same
+    condition), unlike mode seeking, which rewards any difference. One real sample per condition is enough (no
+    labels, no pairs of real samples of one class). |.| is the root mean squared difference, one score per
+    modality: it is 1-homogeneous, so each modality's pull has the same size whatever the scale of its
+    features (a joint distance let the captions' large differences drown the spectrogram's small ones);
+    whether the modalities of one sample agree is the discriminator's job. Rows are weighted by ``rows`` [B]
+    (float, 0 drops one) and summed over B (a mean over all rows, so data-parallel processes average to one
+    process's value). generated, alternative, real: M tensors [B, dim_m]. 0-d fp32.
     """
     t = target.float()
-    rows = rows.float() * (t.sum(dim=1) > 0).float()
-    score = 0.5 * (_rms_distance(generated, real, t) + _rms_distance(alternative, real, t)) \
-        - 0.5 * _rms_distance(generated, alternative, t)
-    return (rows * score).sum() / len(rows)
+    score = torch.zeros_like(t[:, 0])
+    for m, (x, x_alt, y) in enumerate(zip(generated, alternative, real, strict=True)):
+        per_row = 0.5 * (_rms_distance(x, y) + _rms_distance(x_alt, y)) - 0.5 * _rms_distance(x, x_alt)
+        score = score + t[:, m] * per_row
+    return (rows.float() * score).sum() / len(rows)
 
 
 def reconstruction_loss(

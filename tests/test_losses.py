@@ -115,23 +115,28 @@ def test_conditional_energy_loss_values_by_hand():
     from fastmmgan.losses import conditional_energy_loss
 
     real = [torch.zeros(3, 4), torch.zeros(3, 2)]
-    generated = [torch.full((3, 4), 2.0), torch.zeros(3, 2)]
-    alternative = [torch.full((3, 4), -2.0), torch.full((3, 2), 1.0)]
+    generated = [torch.full((3, 4), 2.0), torch.full((3, 2), 0.5)]
+    alternative = [torch.full((3, 4), 1.0), torch.full((3, 2), 2.0)]
     both = torch.ones(3, 2, dtype=torch.bool)
     rows = torch.ones(3)
-    # Over both modalities: |X - y| = sqrt((4 + 0) / 2), |X' - y| = sqrt((4 + 1) / 2), |X - X'| = sqrt((16 + 1) / 2).
-    by_hand = 0.5 * (math.sqrt(2.0) + math.sqrt(2.5)) - 0.5 * math.sqrt(8.5)
-    assert conditional_energy_loss(generated, alternative, real, both, rows).item() == pytest.approx(by_hand, rel=1e-5)
-    # Only modality 1 a target: |X - y| = 0, |X' - y| = 1, |X - X'| = 1.
+    # Modality 0: |X - y| = 2, |X' - y| = 1, |X - X'| = 1: 1.5 - 0.5 = 1. Modality 1: 0.5, 2, 1.5: 1.25 - 0.75 = 0.5.
+    assert conditional_energy_loss(generated, alternative, real, both, rows).item() == pytest.approx(1.5, rel=1e-5)
     second = torch.tensor([[False, True]] * 3)
-    assert conditional_energy_loss(generated, alternative, real, second, rows).item() == pytest.approx(0.0, abs=1e-5)
+    assert conditional_energy_loss(generated, alternative, real, second, rows).item() == pytest.approx(0.5, rel=1e-5)
     # A row dropped, or left without a target modality, counts 0 inside the mean over all B rows.
     only_first_row = torch.tensor([1.0, 0.0, 0.0])
     no_target = both.clone()
     no_target[1:] = False
     for target, weights in ((both, only_first_row), (no_target, rows)):
         value = conditional_energy_loss(generated, alternative, real, target, weights).item()
-        assert value == pytest.approx(by_hand / 3, rel=1e-5)
+        assert value == pytest.approx(1.5 / 3, rel=1e-5)
+    # Each modality pulls as hard whatever its scale: its share of the gradient is scale-free.
+    small = [x.clone().requires_grad_() for x in (generated[0], generated[1] * 0.01)]
+    conditional_energy_loss(small, [alternative[0], alternative[1] * 0.01], [real[0], real[1] * 0.01], both,
+                            rows).backward()
+    large = [x.clone().requires_grad_() for x in generated]
+    conditional_energy_loss(large, alternative, real, both, rows).backward()
+    assert torch.allclose(small[1].grad, large[1].grad, rtol=1e-4)
 
 
 def test_conditional_energy_loss_is_smallest_at_the_data_spread_not_at_collapse():
