@@ -83,14 +83,14 @@ class Recipe:
 
 def generate_twice(
     run: Callable[[torch.Tensor, Sequence[torch.Tensor], torch.Tensor], Sequence[torch.Tensor]],
-    z: torch.Tensor, real: Sequence[torch.Tensor], given: torch.Tensor, recipe: Recipe,
+    z: torch.Tensor, z_alt: torch.Tensor, real: Sequence[torch.Tensor], given: torch.Tensor, recipe: Recipe,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
     """The generator's outputs for the batch (fp32) and, when the recipe :attr:`~Recipe.draws_twice`, its outputs
-    for the same conditions from other noise (each row takes the next row's z), made in the same call on 2B
-    rows. ``run`` is the generator (a module, or the compiled step's functional call of it)."""
+    for the same conditions from the prior noise ``z_alt`` [B, z_dim], made in the same call on 2B rows.
+    ``run`` is the generator (a module, or the compiled step's functional call of it)."""
     if not recipe.draws_twice:
         return [x.float() for x in run(z, real, given)], None
-    both = run(torch.cat([z, z.roll(-1, 0)]), [torch.cat([x, x]) for x in real], torch.cat([given, given]))
+    both = run(torch.cat([z, z_alt]), [torch.cat([x, x]) for x in real], torch.cat([given, given]))
     outputs = [x.float().chunk(2) for x in both]
     return [a for a, _ in outputs], [b for _, b in outputs]
 
@@ -98,11 +98,13 @@ def generate_twice(
 class GeneratorPass(NamedTuple):
     """What one step's generator pass made (see :func:`generator_pass`): its outputs (M tensors [B, dim_m] fp32),
     the outputs for the same conditions from other noise (or None), the noise each row was generated from
-    [B, z_dim], and the encoder's terms for the generator's loss (0-d fp32, or None without an encoder)."""
+    [B, z_dim], the noise of the second draw [B, z_dim], and the encoder's terms for the generator's loss
+    (0-d fp32, or None without an encoder)."""
 
     generated: list[torch.Tensor]
     alternative: list[torch.Tensor] | None
     z: torch.Tensor
+    z_alt: torch.Tensor
     encoder_loss: torch.Tensor | None
 
 
@@ -116,13 +118,14 @@ def encoded_rows(given: torch.Tensor) -> torch.Tensor:
 
 
 def generator_pass(
-    G: Generator, z: torch.Tensor, real: Sequence[torch.Tensor], mask: torch.Tensor, given: torch.Tensor,
-    recipe: Recipe,
+    G: Generator, z: torch.Tensor, z_alt: torch.Tensor, real: Sequence[torch.Tensor], mask: torch.Tensor,
+    given: torch.Tensor, recipe: Recipe,
 ) -> GeneratorPass:
     """The generator's part of a step, shared by both steps (the compiled one calls it with G's parameters
     swapped in by ``functional_call``).
 
-    Without an encoder: :func:`generate_twice`. With one (``G.encoder``, a cVAE-GAN or latent-regression
+    Without an encoder: :func:`generate_twice` (``z_alt`` [B, z_dim], prior noise, makes the second draws).
+    With one (``G.encoder``, a cVAE-GAN or latent-regression
     weight on): the rows of :func:`encoded_rows` are generated from ``mu + exp(logvar / 2) * z``, the
     encoder's posterior for their real sample (the step's own noise is the reparameterisation's draw), and
     must reconstruct the modalities they were not given (L1) while the posterior stays near the prior (KL);
@@ -131,12 +134,12 @@ def generator_pass(
     """
     encoder = getattr(G, "module", G).encoder if recipe.uses_encoder else None
     if encoder is None:
-        generated, alternative = generate_twice(G, z, real, given, recipe)
-        return GeneratorPass(generated, alternative, z, None)
+        generated, alternative = generate_twice(G, z, z_alt, real, given, recipe)
+        return GeneratorPass(generated, alternative, z, z_alt, None)
     vae = encoded_rows(given)
     mu, logvar = encoder(real, mask)
     z_used = torch.where(vae[:, None], mu + (0.5 * logvar).exp() * z.float(), z.float()).to(z.dtype)
-    generated, alternative = generate_twice(G, z_used, real, given, recipe)
+    generated, alternative = generate_twice(G, z_used, z_alt, real, given, recipe)
     vae_rows = vae.float()
     loss = recipe.kl_weight * kl_to_prior(mu, logvar, vae_rows)
     if recipe.recon_weight > 0:
@@ -145,7 +148,7 @@ def generator_pass(
         recovered, _ = encoder(compose_fake(real, generated, given), mask)
         prior_rows = (given.any(dim=1) & ~vae).float()
         loss = loss + recipe.latent_weight * latent_regression_loss(recovered, z, prior_rows)
-    return GeneratorPass(generated, alternative, z_used, loss)
+    return GeneratorPass(generated, alternative, z_used, z_alt, loss)
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -224,7 +227,7 @@ def generator_objective(
     loss_g = loss_g + recipe.diversity_weight * diversity_loss(generated, batch.z, batch.given)
     if made.alternative is not None and recipe.cond_diversity_weight > 0:
         loss_g = loss_g + recipe.cond_diversity_weight * conditional_diversity_loss(
-            generated, made.alternative, made.z, made.z.roll(-1, 0), batch.given, varied_outputs(D.specs))
+            generated, made.alternative, made.z, made.z_alt, batch.given, varied_outputs(D.specs))
     if made.alternative is not None and recipe.energy_weight > 0:
         loss_g = loss_g + recipe.energy_weight * conditional_energy_loss(
             generated, made.alternative, batch.real, batch.mask & ~batch.given, batch.given.any(dim=1))
@@ -294,7 +297,7 @@ class ReferenceStep:
 
     def __call__(self, batch: StepInputs) -> dict[str, torch.Tensor]:
         with autocast(self.device, self.amp_dtype):
-            made = generator_pass(self.G, batch.z, batch.real, batch.mask, batch.given, self.recipe)
+            made = generator_pass(self.G, batch.z, batch.z_alt, batch.real, batch.mask, batch.given, self.recipe)
         fake = compose_fake(batch.real, made.generated, batch.given)
 
         with autocast(self.device, self.amp_dtype):
@@ -494,7 +497,7 @@ class CompiledStep:
         """What a new batch could change that the compiled graph depends on: each tensor's shape, dtype
         and device, and the ops' dispatch mode. Parameters and optimizer state keep theirs between steps."""
         tensors = [*batch.real, batch.mask, batch.given, *batch.mismatched, batch.mismatch_weight, batch.z,
-                   batch.alpha, batch.ema_beta]
+                   batch.z_alt, batch.alpha, batch.ema_beta]
         return (kernels_mode_now(), *((t.shape, t.dtype, t.device) for t in tensors))
 
     def graph_inputs(self, batch: StepInputs) -> tuple:
@@ -506,8 +509,8 @@ class CompiledStep:
             for t in itertools.chain(ema, *state_g, *state_d):
                 torch._dynamo.mark_static_address(t)
         return (
-            batch.real, batch.mask, batch.given, batch.mismatched, batch.mismatch_weight, batch.z, batch.alpha,
-            batch.ema_beta, ema, state_g, state_d, self._lr(self.opt_g), self._lr(self.opt_d),
+            batch.real, batch.mask, batch.given, batch.mismatched, batch.mismatch_weight, batch.z, batch.z_alt,
+            batch.alpha, batch.ema_beta, ema, state_g, state_d, self._lr(self.opt_g), self._lr(self.opt_d),
         )
 
     def explain(self, batch: StepInputs):
@@ -523,6 +526,7 @@ class CompiledStep:
         mismatched: Tensors,
         mismatch_weight: torch.Tensor,
         z: torch.Tensor,
+        z_alt: torch.Tensor,
         alpha: torch.Tensor,
         ema_beta: torch.Tensor,
         ema_params: Tensors,
@@ -531,14 +535,14 @@ class CompiledStep:
         lr_g: torch.Tensor,
         lr_d: torch.Tensor,
     ) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-        batch = StepInputs(real, mask, given, mismatched, mismatch_weight, z, alpha, ema_beta)
+        batch = StepInputs(real, mask, given, mismatched, mismatch_weight, z, z_alt, alpha, ema_beta)
         g_params, *g_opt = state_g
         d_params, *d_opt = state_d
 
         amp = partial(autocast, self.device, self.amp_dtype)
         with torch.enable_grad():
             with amp():
-                made = functional_call(self._generate, dict(zip(self.g_names, g_params)), (z, real, mask, given))
+                made = functional_call(self._generate, dict(zip(self.g_names, g_params)), (z, z_alt, real, mask, given))
             fake = [f.detach() for f in compose_fake(real, made.generated, given)]
             with amp():
                 loss_d = functional_call(self.d_objective, dict(zip(self.d_names, d_params)), (batch, fake)).float()

@@ -26,8 +26,9 @@ class StepInputs:
     """One step's tensors: real features per modality [B, dim_m], presence mask [B, M] (bool),
     given mask [B, M] (bool, modalities the generator is conditioned on), mismatched real samples
     (one modality taken from another row, see :func:`draw_step_inputs`) with their
-    weights [B] (0 where a row has too few modalities to mismatch), noise z [B, z_dim],
-    alpha [B, 1] (WGAN-GP interpolation) and the EMA decay for this step (0-d float32)."""
+    weights [B] (0 where a row has too few modalities to mismatch), noise z [B, z_dim], the noise of each
+    row's second draw z_alt [B, z_dim] (the next row's z in the global batch, so it is the same under any
+    number of processes), alpha [B, 1] (WGAN-GP interpolation) and the EMA decay for this step (0-d float32)."""
 
     real: list[torch.Tensor]
     mask: torch.Tensor
@@ -35,6 +36,7 @@ class StepInputs:
     mismatched: list[torch.Tensor]
     mismatch_weight: torch.Tensor
     z: torch.Tensor
+    z_alt: torch.Tensor
     alpha: torch.Tensor
     ema_beta: torch.Tensor
 
@@ -46,6 +48,7 @@ class StepInputs:
             [x.to(device, non_blocking=True) for x in self.mismatched],
             self.mismatch_weight.to(device, non_blocking=True),
             self.z.to(device, non_blocking=True),
+            self.z_alt.to(device, non_blocking=True),
             self.alpha.to(device, non_blocking=True),
             self.ema_beta.to(device, non_blocking=True),
         )
@@ -107,5 +110,6 @@ def draw_step_inputs(
     beta = torch.tensor(min(cfg.ema_decay, (1.0 + step) / (10.0 + step)), dtype=torch.float32)
     sl = slice(rank * b // world, (rank + 1) * b // world)
     return StepInputs(
-        [x[sl] for x in real], mask[sl], given[sl], [x[sl] for x in mismatched], valid[sl].float(), z[sl], alpha[sl], beta
+        [x[sl] for x in real], mask[sl], given[sl], [x[sl] for x in mismatched], valid[sl].float(), z[sl],
+        z.roll(-1, 0)[sl], alpha[sl], beta,
     )

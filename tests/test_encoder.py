@@ -76,7 +76,7 @@ def test_generator_pass_decodes_the_encoded_rows_from_their_posterior():
     models = build_models(data, CFG)
     batch = draw_step_inputs(data, 3, CFG)
     recipe = Recipe.from_config(CFG)
-    made = generator_pass(models.G, batch.z, batch.real, batch.mask, batch.given, recipe)
+    made = generator_pass(models.G, batch.z, batch.z_alt, batch.real, batch.mask, batch.given, recipe)
 
     vae = encoded_rows(batch.given)
     conditioned = batch.given.any(dim=1)

@@ -135,7 +135,7 @@ def test_generator_objective_adds_the_weighted_energy_score_of_the_second_draw(d
     models = build_models(data, cfg)
     batch = draw_step_inputs(data, 0, cfg)
     recipe = Recipe.from_config(cfg)
-    made = generator_pass(models.G, batch.z, batch.real, batch.mask, batch.given, recipe)
+    made = generator_pass(models.G, batch.z, batch.z_alt, batch.real, batch.mask, batch.given, recipe)
     assert made.alternative is not None
     plain = generator_objective(models.D, batch, made, replace(recipe, energy_weight=0.0))
     energy = conditional_energy_loss(made.generated, made.alternative, batch.real, batch.mask & ~batch.given,
