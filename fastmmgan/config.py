@@ -73,10 +73,11 @@ class TrainConfig:
     cond_diversity_weight: float = _setting(0.0, "weight of the mode-seeking term on conditioned rows: the same "
                                                  "conditions from two noise draws must give different images and "
                                                  "audio (0: off; costs a second generator pass)")
-    energy_weight: float = _setting(0.0, "weight of the conditional energy score: two samples of one row's conditions "
-                                         "(two noise draws) must lie as far from its real sample, and from each "
-                                         "other, as real samples of those conditions do (0: off; costs a second "
-                                         "generator pass)")
+    energy_weight: float = _setting(48.0, "weight of the conditional energy score, which makes samples of one "
+                                          "condition as varied as the data: two samples of a row's conditions (two "
+                                          "noise draws) must lie as far from its real sample, and from each other, "
+                                          "as real samples of those conditions do (0: off, one output per "
+                                          "condition; costs a second generator pass)")
     recon_weight: float = _setting(0.0, "weight of the cVAE-GAN term: conditioned rows whose noise the encoder takes from "
                                         "their own real sample must reconstruct it (0 with --latent-weight 0: no "
                                         "encoder)")
