@@ -98,13 +98,11 @@ def generate_twice(
 class GeneratorPass(NamedTuple):
     """What one step's generator pass made (see :func:`generator_pass`): its outputs (M tensors [B, dim_m] fp32),
     the outputs for the same conditions from other noise (or None), the noise each row was generated from
-    [B, z_dim], the noise of the second draw [B, z_dim], and the encoder's terms for the generator's loss
-    (0-d fp32, or None without an encoder)."""
+    [B, z_dim], and the encoder's terms for the generator's loss (0-d fp32, or None without an encoder)."""
 
     generated: list[torch.Tensor]
     alternative: list[torch.Tensor] | None
     z: torch.Tensor
-    z_alt: torch.Tensor
     encoder_loss: torch.Tensor | None
 
 
@@ -135,7 +133,7 @@ def generator_pass(
     encoder = getattr(G, "module", G).encoder if recipe.uses_encoder else None
     if encoder is None:
         generated, alternative = generate_twice(G, z, z_alt, real, given, recipe)
-        return GeneratorPass(generated, alternative, z, z_alt, None)
+        return GeneratorPass(generated, alternative, z, None)
     vae = encoded_rows(given)
     mu, logvar = encoder(real, mask)
     z_used = torch.where(vae[:, None], mu + (0.5 * logvar).exp() * z.float(), z.float()).to(z.dtype)
@@ -148,7 +146,7 @@ def generator_pass(
         recovered, _ = encoder(compose_fake(real, generated, given), mask)
         prior_rows = (given.any(dim=1) & ~vae).float()
         loss = loss + recipe.latent_weight * latent_regression_loss(recovered, z, prior_rows)
-    return GeneratorPass(generated, alternative, z_used, z_alt, loss)
+    return GeneratorPass(generated, alternative, z_used, loss)
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -227,7 +225,7 @@ def generator_objective(
     loss_g = loss_g + recipe.diversity_weight * diversity_loss(generated, batch.z, batch.given)
     if made.alternative is not None and recipe.cond_diversity_weight > 0:
         loss_g = loss_g + recipe.cond_diversity_weight * conditional_diversity_loss(
-            generated, made.alternative, made.z, made.z_alt, batch.given, varied_outputs(D.specs))
+            generated, made.alternative, made.z, batch.z_alt, batch.given, varied_outputs(D.specs))
     if made.alternative is not None and recipe.energy_weight > 0:
         loss_g = loss_g + recipe.energy_weight * conditional_energy_loss(
             generated, made.alternative, batch.real, batch.mask & ~batch.given, batch.given.any(dim=1))
