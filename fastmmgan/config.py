@@ -15,7 +15,7 @@ ADDED_FIELDS: dict[str, Any] = {"z_components": 0, "r1_weight": 0.0, "mmd_weight
                                  "d_widths": None, "mbstd_group": 4, "cond_diversity_weight": 0.0,
                                  "recon_weight": 0.0, "kl_weight": 0.01, "latent_weight": 0.0, "e_width": 256,
                                  "e_depth": 2, "conditioned_components": True, "fusion": "projection",
-                                 "energy_weight": 0.0}
+                                 "energy_weight": 0.0, "energy_spread": 1.0}
 """Fields added after the first release, with the values that reproduce runs saved without them."""
 PRECISIONS = ("auto", "bf16", "fp32")
 FUSIONS = ("projection", "attention")
@@ -78,6 +78,11 @@ class TrainConfig:
                                           "noise draws) must lie as far from its real sample, and from each other, "
                                           "as real samples of those conditions do (0: off, one output per "
                                           "condition; costs a second generator pass)")
+    energy_spread: float = _setting(1.3, "weight of the energy score's spread half, |X - X'| / 2, against its "
+                                          "pull half (1: the strictly proper score, whose minimum is the data's "
+                                          "spread; above 1 it offsets the adversarial loss's pull towards one "
+                                          "output per condition; must stay below sqrt(2), where the score has no "
+                                          "minimum)")
     recon_weight: float = _setting(0.0, "weight of the cVAE-GAN term: conditioned rows whose noise the encoder takes from "
                                         "their own real sample must reconstruct it (0 with --latent-weight 0: no "
                                         "encoder)")
@@ -160,6 +165,8 @@ class TrainConfig:
                      "kl_weight", "latent_weight"):
             if not getattr(self, name) >= 0:
                 raise FastMMGANError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.energy_spread < 2**0.5:
+            raise FastMMGANError(f"energy-spread must be in [0, sqrt(2) = 1.414), got {self.energy_spread}")
         for name in ("lr", "gp_weight"):
             if not getattr(self, name) > 0:
                 raise FastMMGANError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")

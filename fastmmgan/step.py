@@ -61,6 +61,7 @@ class Recipe:
     mmd_weight: float = TrainConfig.mmd_weight
     cond_diversity_weight: float = TrainConfig.cond_diversity_weight
     energy_weight: float = TrainConfig.energy_weight
+    energy_spread: float = TrainConfig.energy_spread
     recon_weight: float = TrainConfig.recon_weight
     kl_weight: float = TrainConfig.kl_weight
     latent_weight: float = TrainConfig.latent_weight
@@ -68,7 +69,7 @@ class Recipe:
     @classmethod
     def from_config(cls, cfg: TrainConfig) -> Recipe:
         return cls(cfg.loss, cfg.gp_weight, cfg.r1_weight, cfg.diversity_weight, cfg.mmd_weight, cfg.cond_diversity_weight,
-                   cfg.energy_weight, cfg.recon_weight, cfg.kl_weight, cfg.latent_weight)
+                   cfg.energy_weight, cfg.energy_spread, cfg.recon_weight, cfg.kl_weight, cfg.latent_weight)
 
     @property
     def uses_encoder(self) -> bool:
@@ -228,7 +229,8 @@ def generator_objective(
             generated, made.alternative, made.z, batch.z_alt, batch.given, varied_outputs(D.specs))
     if made.alternative is not None and recipe.energy_weight > 0:
         loss_g = loss_g + recipe.energy_weight * conditional_energy_loss(
-            generated, made.alternative, batch.real, batch.mask & ~batch.given, batch.given.any(dim=1))
+            generated, made.alternative, batch.real, batch.mask & ~batch.given, batch.given.any(dim=1),
+            recipe.energy_spread)
     if made.encoder_loss is not None:
         loss_g = loss_g + made.encoder_loss
     if recipe.mmd_weight > 0:

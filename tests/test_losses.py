@@ -123,6 +123,9 @@ def test_conditional_energy_loss_values_by_hand():
     assert conditional_energy_loss(generated, alternative, real, both, rows).item() == pytest.approx(1.5, rel=1e-5)
     second = torch.tensor([[False, True]] * 3)
     assert conditional_energy_loss(generated, alternative, real, second, rows).item() == pytest.approx(0.5, rel=1e-5)
+    # spread weighs the second half only: (1.5 - 1.2 * 0.5) + (1.25 - 1.2 * 0.75) = 0.9 + 0.35.
+    weighted = conditional_energy_loss(generated, alternative, real, both, rows, spread=1.2)
+    assert weighted.item() == pytest.approx(1.25, rel=1e-5)
     # A row dropped, or left without a target modality, counts 0 inside the mean over all B rows.
     only_first_row = torch.tensor([1.0, 0.0, 0.0])
     no_target = both.clone()
@@ -158,6 +161,24 @@ def test_conditional_energy_loss_is_smallest_at_the_data_spread_not_at_collapse(
     s = torch.tensor(0.2, requires_grad=True)
     conditional_energy_loss([s * signs[:, :1]], [s * signs[:, 1:2]], [signs[:, 2:]], target, torch.ones(8)).backward()
     assert s.grad.item() == pytest.approx(-0.5, abs=1e-4)
+
+
+@pytest.mark.parametrize("spread", [1.0, 1.2])
+def test_energy_spread_moves_the_minimum_to_the_stated_gaussian_scale(spread):
+    """Real samples N(0, 1), generated ones N(0, s^2) (one dimension, fixed draws): the score's minimum over s
+    lies where s^2 / (s^2 + 1) = spread^2 / 2, as the docstring states: s = 1 for the proper score, 1.6
+    at spread 1.2."""
+    from fastmmgan.losses import conditional_energy_loss
+
+    g = torch.Generator().manual_seed(0)
+    y, z, z_alt = torch.randn(3, 200_000, 1, generator=g)
+    target = torch.ones(len(y), 1, dtype=torch.bool)
+    scales = torch.arange(0.5, 2.51, 0.05)
+    scores = [conditional_energy_loss([s * z], [s * z_alt], [y], target, torch.ones(len(y)), spread).item()
+              for s in scales.tolist()]
+    best = scales[int(torch.tensor(scores).argmin())].item()
+    expected = (spread**2 / 2 / (1 - spread**2 / 2)) ** 0.5
+    assert best == pytest.approx(expected, abs=0.08)
 
 
 def test_mmd_sees_a_missing_cluster_and_pulls_towards_it():

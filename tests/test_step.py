@@ -130,8 +130,9 @@ def test_compiled_formulation_matches_reference_with_the_energy_score(data):
 
 def test_generator_objective_adds_the_weighted_energy_score_of_the_second_draw(data):
     """With the weight on, the pass makes a second draw per row and the objective is the plain one plus
-    weight x the energy score of the two draws at the real batch, over what each conditioned row was not given."""
-    cfg = replace(CFG, energy_weight=4.0)
+    weight x the energy score (with the recipe's spread weight) of the two draws at the real batch, over what
+    each conditioned row was not given."""
+    cfg = replace(CFG, energy_weight=4.0, energy_spread=1.2)
     models = build_models(data, cfg)
     batch = draw_step_inputs(data, 0, cfg)
     recipe = Recipe.from_config(cfg)
@@ -139,8 +140,10 @@ def test_generator_objective_adds_the_weighted_energy_score_of_the_second_draw(d
     assert made.alternative is not None
     plain = generator_objective(models.D, batch, made, replace(recipe, energy_weight=0.0))
     energy = conditional_energy_loss(made.generated, made.alternative, batch.real, batch.mask & ~batch.given,
+                                     batch.given.any(dim=1), spread=1.2)
+    proper = conditional_energy_loss(made.generated, made.alternative, batch.real, batch.mask & ~batch.given,
                                      batch.given.any(dim=1))
-    assert energy.item() > 0.01
+    assert energy.item() > 0.01 and abs(energy.item() - proper.item()) > 1e-3
     total = generator_objective(models.D, batch, made, recipe)
     assert total.item() == pytest.approx(plain.item() + 4.0 * energy.item(), rel=1e-5)
 
