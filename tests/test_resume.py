@@ -15,8 +15,10 @@ from fastmmgan.checkpoint import load_checkpoint, save_checkpoint
 from fastmmgan.errors import FastMMGANError
 
 STEPS = 150
-ARGS = ["--steps", str(STEPS), "--batch-size", "16", "--g-width", "16", "--d-width", "16", "--z-dim", "4",
-        "--ckpt-every", "5", "--keep-checkpoints", "2", "--sample-every", "0", "--log-every", "10", "--no-progress"]
+# The model of tests/test_step.py's CFG: the compiled step is the same graph, compiled once per suite.
+ARGS = ["--steps", str(STEPS), "--batch-size", "16", "--g-width", "32", "--d-width", "32", "--z-dim", "8",
+        "--g-depth", "1", "--d-depth", "1", "--ckpt-every", "5", "--keep-checkpoints", "2", "--sample-every", "0",
+        "--log-every", "10", "--no-progress"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
