@@ -9,6 +9,16 @@ KERNEL_DEVICE = torch.device("cuda" if CUDA else "cpu")
 """Where the Triton kernels are tested: CUDA on a GPU host, CPU tensors in the interpreter elsewhere."""
 
 # The reason must contain the root conftest's NEEDS_CUDA, the only skip CI allows.
+SMALL_MODEL = {"batch_size": 16, "z_dim": 8, "g_width": 32, "d_width": 32, "g_depth": 1, "d_depth": 1}
+"""The model the step, divergence and resume tests train: one compiled step graph, which inductor's cache then
+compiles once per suite (a cold compile of it takes minutes on a 2-core CPU)."""
+
+
+def cli_flags(settings: dict) -> list[str]:
+    """``{"batch_size": 16}`` -> ``["--batch-size", "16"]``: the same settings as ``python -m fastmmgan.train`` flags."""
+    return [arg for name, value in settings.items() for arg in (f"--{name.replace('_', '-')}", str(value))]
+
+
 requires_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (none found: run on a GPU host)")
 
 

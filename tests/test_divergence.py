@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from conftest import SMALL_MODEL
 from fastmmgan.checkpoint import load_checkpoint
 from fastmmgan.config import TrainConfig
 from fastmmgan.errors import TrainingDiverged
@@ -14,9 +15,8 @@ from fastmmgan.trainer import Trainer
 
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
 def test_nan_weights_are_skipped_then_training_stops(tmp_path, compiled):
-    # The model of tests/test_step.py's CFG: the compiled step is then the same graph, compiled once per suite.
-    cfg = TrainConfig(steps=40, batch_size=16, z_dim=8, g_width=32, d_width=32, g_depth=1, d_depth=1, device="cpu",
-                      ckpt_every=4, sample_every=0, log_every=2, max_bad_steps=5, compile=compiled)
+    cfg = TrainConfig(**SMALL_MODEL, steps=40, device="cpu", ckpt_every=4, sample_every=0, log_every=2,
+                      max_bad_steps=5, compile=compiled)
     trainer = Trainer(cfg, tmp_path)
     step_fn = trainer.step_fn
 

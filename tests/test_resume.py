@@ -10,15 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import SMALL_MODEL, cli_flags
 from fastmmgan import checkpoint, train
 from fastmmgan.checkpoint import load_checkpoint, save_checkpoint
 from fastmmgan.errors import FastMMGANError
 
 STEPS = 150
-# The model of tests/test_step.py's CFG: the compiled step is the same graph, compiled once per suite.
-ARGS = ["--steps", str(STEPS), "--batch-size", "16", "--g-width", "32", "--d-width", "32", "--z-dim", "8",
-        "--g-depth", "1", "--d-depth", "1", "--ckpt-every", "5", "--keep-checkpoints", "2", "--sample-every", "0",
-        "--log-every", "10", "--no-progress"]
+ARGS = ["--steps", str(STEPS), *cli_flags(SMALL_MODEL), "--ckpt-every", "5", "--keep-checkpoints", "2",
+        "--sample-every", "0", "--log-every", "10", "--no-progress"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 

@@ -17,7 +17,7 @@ import torch
 
 from benchmarks.step_check import assert_steps_match, make_steps
 from benchmarks.train_configs import SEED_MNIST, random_dataset
-from conftest import CUDA, KERNEL_DEVICE
+from conftest import CUDA, KERNEL_DEVICE, SMALL_MODEL
 from fastmmgan.build import Models, build_models
 from fastmmgan.config import TrainConfig
 from fastmmgan.data import digits_specs
@@ -37,7 +37,7 @@ from fastmmgan.step import (
 )
 from fastmmgan.step_inputs import draw_step_inputs
 
-CFG = TrainConfig(batch_size=16, z_dim=8, g_width=32, d_width=32, g_depth=1, d_depth=1, device="cpu")
+CFG = TrainConfig(**SMALL_MODEL, device="cpu")
 STEPS = 6
 
 
