@@ -15,7 +15,7 @@ ADDED_FIELDS: dict[str, Any] = {"z_components": 0, "r1_weight": 0.0, "mmd_weight
                                  "d_widths": None, "mbstd_group": 4, "cond_diversity_weight": 0.0,
                                  "recon_weight": 0.0, "kl_weight": 0.01, "latent_weight": 0.0, "e_width": 256,
                                  "e_depth": 2, "conditioned_components": True, "fusion": "projection",
-                                 "energy_weight": 0.0, "energy_spread": 1.0}
+                                 "energy_weight": 0.0, "energy_spread": 1.0, "energy_noise_rows": False}
 """Fields added after the first release, with the values that reproduce runs saved without them."""
 PRECISIONS = ("auto", "bf16", "fp32")
 FUSIONS = ("projection", "attention")
@@ -83,6 +83,9 @@ class TrainConfig:
                                           "spread; above 1 it offsets the adversarial loss's pull towards one "
                                           "output per condition; must stay below sqrt(2), where the score has no "
                                           "minimum)")
+    energy_noise_rows: bool = _setting(False, "score the rows generated from noise alone too, each against its own "
+                                               "real sample (a draw of the data as a whole): the energy score of the "
+                                               "unconditional distribution")
     recon_weight: float = _setting(0.0, "weight of the cVAE-GAN term: conditioned rows whose noise the encoder takes from "
                                         "their own real sample must reconstruct it (0 with --latent-weight 0: no "
                                         "encoder)")

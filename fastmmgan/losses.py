@@ -160,7 +160,7 @@ def _rms_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def conditional_energy_loss(
     generated: Sequence[torch.Tensor], alternative: Sequence[torch.Tensor], real: Sequence[torch.Tensor],
-    target: torch.Tensor, rows: torch.Tensor, spread: float = 1.0,
+    target: torch.Tensor, rows: torch.Tensor, spread: float = 1.0, one_sided: bool = False,
 ) -> torch.Tensor:
     """The energy score (Gneiting & Raftery 2007) of the generator's conditional distribution at each row's real
     sample: with X, X' two samples for the row's conditions (two noise draws) and y its real sample,
@@ -182,11 +182,21 @@ def conditional_energy_loss(
     lies at samples more varied than the data's (for a Gaussian, a scale s with s^2 / (s^2 + sigma^2) =
     spread^2 / 2: 1.6 sigma at 1.2), to offset a pull towards one output per condition from the rest of the
     objective; at sqrt(2) and above the score falls without bound as samples move apart.
+
+    ``one_sided``: ``alternative`` is taken as constant (a second draw made without autograd, which saves its
+    backward pass) and the gradient through ``generated`` is doubled, while the value stays the score's. X and
+    X' are exchangeable (two noise draws for one condition), so the gradient through X' equals the gradient
+    through X in expectation: twice the latter is an unbiased estimate of the whole score's gradient.
     """
     t = target.float()
     score = torch.zeros_like(t[:, 0])
     for m, (x, x_alt, y) in enumerate(zip(generated, alternative, real, strict=True)):
-        per_row = 0.5 * (_rms_distance(x, y) + _rms_distance(x_alt, y)) - 0.5 * spread * _rms_distance(x, x_alt)
+        if one_sided:
+            x_alt = x_alt.detach()
+        to_x = 0.5 * _rms_distance(x, y) - 0.5 * spread * _rms_distance(x, x_alt)
+        per_row = to_x + 0.5 * _rms_distance(x_alt, y)
+        if one_sided:
+            per_row = per_row + (to_x - to_x.detach())  # the value is unchanged; X's gradient counts twice
         score = score + t[:, m] * per_row
     return (rows.float() * score).sum() / len(rows)
 

@@ -181,6 +181,34 @@ def test_energy_spread_moves_the_minimum_to_the_stated_gaussian_scale(spread):
     assert best == pytest.approx(expected, abs=0.08)
 
 
+def test_one_sided_energy_score_keeps_the_value_and_the_expected_gradient():
+    """With the second draw taken as constant (``one_sided``), the score's value is unchanged and its gradient,
+    though it flows through the first draw only, is the whole score's in expectation: generated N(0, s^2),
+    real N(0, 1), d score / d s over 200k fixed draws, at a collapsed and an over-spread scale."""
+    from fastmmgan.losses import conditional_energy_loss
+
+    g = torch.Generator().manual_seed(1)
+    y, z, z_alt = torch.randn(3, 200_000, 1, generator=g)
+    target = torch.ones(len(y), 1, dtype=torch.bool)
+    for scale in (0.3, 3.0):
+        grads, values = [], []
+        for one_sided in (False, True):
+            s = torch.tensor(scale, requires_grad=True)
+            score = conditional_energy_loss([s * z], [s * z_alt], [y], target, torch.ones(len(y)), 1.2,
+                                            one_sided=one_sided)
+            score.backward()
+            grads.append(s.grad.item())
+            values.append(score.item())
+        assert values[1] == pytest.approx(values[0], rel=1e-6)
+        assert abs(grads[0]) > 0.05
+        assert grads[1] == pytest.approx(grads[0], rel=0.03)
+    # The second draw gets no gradient at all.
+    x, x_alt = torch.ones(4, 3, requires_grad=True), torch.zeros(4, 3, requires_grad=True)
+    conditional_energy_loss([x], [x_alt], [torch.full((4, 3), 2.0)], torch.ones(4, 1, dtype=torch.bool),
+                            torch.ones(4), one_sided=True).backward()
+    assert x_alt.grad is None and x.grad.abs().sum() > 0
+
+
 def test_mmd_sees_a_missing_cluster_and_pulls_towards_it():
     """Real rows from two clusters; fakes from one of them score worse than fakes from both, and the
     gradient moves the fakes towards the missing cluster. Weights pick the rows that count."""

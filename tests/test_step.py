@@ -148,6 +148,38 @@ def test_generator_objective_adds_the_weighted_energy_score_of_the_second_draw(d
     assert total.item() == pytest.approx(plain.item() + 4.0 * energy.item(), rel=1e-5)
 
 
+def test_energy_noise_rows_scores_the_rows_generated_from_noise_too(data):
+    """By default the energy score counts the conditioned rows only; with ``energy_noise_rows`` every row, each
+    against its own real sample."""
+    cfg = replace(CFG, energy_weight=4.0, energy_noise_rows=True)
+    models = build_models(data, cfg)
+    batch = draw_step_inputs(data, 0, cfg)
+    recipe = Recipe.from_config(cfg)
+    assert 0 < int(batch.given.any(dim=1).sum()) < len(batch.given)
+    made = generator_pass(models.G, batch.z, batch.z_alt, batch.real, batch.mask, batch.given, recipe)
+    plain = generator_objective(models.D, batch, made, replace(recipe, energy_weight=0.0)).item()
+    scores = {}
+    for name, rows in (("conditioned", batch.given.any(dim=1)), ("all", torch.ones(len(batch.given)))):
+        scores[name] = conditional_energy_loss(made.generated, made.alternative, batch.real,
+                                               batch.mask & ~batch.given, rows, recipe.energy_spread).item()
+    assert abs(scores["all"] - scores["conditioned"]) > 1e-3
+    for noise_rows, name in ((True, "all"), (False, "conditioned")):
+        total = generator_objective(models.D, batch, made, replace(recipe, energy_noise_rows=noise_rows)).item()
+        assert total == pytest.approx(plain + 4.0 * scores[name], rel=1e-5)
+
+
+def test_only_mode_seeking_differentiates_the_second_draw(data):
+    """The energy score alone takes its gradient through the first draw (one-sided), so the second draw is made
+    without autograd; the conditional mode-seeking term needs both draws' gradients."""
+    for weights, needs_grad in (({"energy_weight": 4.0}, False), ({"energy_weight": 4.0, "cond_diversity_weight": 1.0}, True)):
+        cfg = replace(CFG, **weights)
+        models = build_models(data, cfg)
+        batch = draw_step_inputs(data, 0, cfg)
+        made = generator_pass(models.G, batch.z, batch.z_alt, batch.real, batch.mask, batch.given, Recipe.from_config(cfg))
+        assert all(x.requires_grad for x in made.generated)
+        assert [x.requires_grad for x in made.alternative] == [needs_grad] * len(made.alternative)
+
+
 def test_compiled_formulation_matches_reference_with_the_encoder(data):
     """The encoder's posterior rows, reconstruction, KL and latent regression inside the generator's pass, in
     both steps; the encoder's weights train (they are the generator's last parameters)."""
