@@ -180,6 +180,19 @@ def test_only_mode_seeking_differentiates_the_second_draw(data):
         assert [x.requires_grad for x in made.alternative] == [needs_grad] * len(made.alternative)
 
 
+def test_one_modality_draws_once_unless_the_rows_from_noise_are_scored():
+    """With one modality no row is conditioned, so the energy score has nothing to score and the generator runs
+    once; with ``energy_noise_rows`` every row is scored and the second draw is made."""
+    ds = random_dataset((ModalitySpec("image", "image", image_shape=(4, 4)),), 32)
+    for noise_rows, twice in ((False, False), (True, True)):
+        cfg = replace(CFG, energy_weight=4.0, energy_noise_rows=noise_rows)
+        models = build_models(ds, cfg)
+        batch = draw_step_inputs(ds, 0, cfg)
+        made = generator_pass(models.G, batch.z, batch.z_alt, batch.real, batch.mask, batch.given,
+                              Recipe.from_config(cfg))
+        assert (made.alternative is not None) == twice
+
+
 def test_compiled_formulation_matches_reference_with_the_encoder(data):
     """The encoder's posterior rows, reconstruction, KL and latent regression inside the generator's pass, in
     both steps; the encoder's weights train (they are the generator's last parameters)."""
