@@ -151,6 +151,7 @@ OTHER_VALUES = {
     "diversity_weight": ("--diversity-weight", "0", 0.0), "mmd_weight": ("--mmd-weight", "2", 2.0),
     "cond_diversity_weight": ("--cond-diversity-weight", "0.5", 0.5),
     "energy_weight": ("--energy-weight", "0.5", 0.5), "energy_spread": ("--energy-spread", "1.1", 1.1),
+    "energy_noise_rows": ("--energy-noise-rows", None, True),
     "recon_weight": ("--recon-weight", "3", 3.0), "kl_weight": ("--kl-weight", "0.5", 0.5),
     "latent_weight": ("--latent-weight", "0.25", 0.25), "e_width": ("--e-width", "40", 40), "e_depth": ("--e-depth", "3", 3),
     "conditioned_components": ("--no-conditioned-components", None, False),
