@@ -85,11 +85,13 @@ class Recipe:
 
     @property
     def differentiates_both_draws(self) -> bool:
-        """Whether the loss takes gradients through the second draw too: the conditional mode-seeking term does;
-        the energy score alone does not (its gradient through the first draw, doubled, is an unbiased estimate:
-        :func:`~fastmmgan.losses.conditional_energy_loss`'s ``one_sided``), so the second draw runs without
+        """Whether the loss takes gradients through the second draw too: the conditional mode-seeking term does,
+        and so does the energy score next to the encoder (its encoded rows' first draw comes from the posterior,
+        the second from the prior, so the two are not exchangeable). The energy score alone does not: its
+        gradient through the first draw, doubled, is an unbiased estimate of the whole
+        (:func:`~fastmmgan.losses.conditional_energy_loss`'s ``one_sided``), so the second draw runs without
         autograd and its backward pass is saved."""
-        return self.cond_diversity_weight > 0
+        return self.cond_diversity_weight > 0 or self.uses_encoder
 
 
 def generate_twice(

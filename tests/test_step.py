@@ -168,10 +168,13 @@ def test_energy_noise_rows_scores_the_rows_generated_from_noise_too(data):
         assert total == pytest.approx(plain + 4.0 * scores[name], rel=1e-5)
 
 
-def test_only_mode_seeking_differentiates_the_second_draw(data):
+def test_only_mode_seeking_or_the_encoder_differentiates_the_second_draw(data):
     """The energy score alone takes its gradient through the first draw (one-sided), so the second draw is made
-    without autograd; the conditional mode-seeking term needs both draws' gradients."""
-    for weights, needs_grad in (({"energy_weight": 4.0}, False), ({"energy_weight": 4.0, "cond_diversity_weight": 1.0}, True)):
+    without autograd; the conditional mode-seeking term needs both draws' gradients, and so does the encoder
+    (posterior and prior draws are not exchangeable)."""
+    cases = (({"energy_weight": 4.0}, False), ({"energy_weight": 4.0, "cond_diversity_weight": 1.0}, True),
+             ({"energy_weight": 4.0, "latent_weight": 0.5, "e_width": 32, "e_depth": 1}, True))
+    for weights, needs_grad in cases:
         cfg = replace(CFG, **weights)
         models = build_models(data, cfg)
         batch = draw_step_inputs(data, 0, cfg)
