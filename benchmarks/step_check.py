@@ -46,7 +46,8 @@ def assert_steps_match(
     update these steps made must agree in norm within ``UPDATE_RTOL``, which catches any systematic
     error (a 1% error in lr, a bias correction, a beta) that the element-wise slack would let through.
     Measured over 4-8 steps of the test, seed-mnist, digits and wide configs: worst element 7.3e-3 of
-    lr per step, worst update-norm error 1.4e-5 (margins of 14x and 70x).
+    lr per step, worst update-norm error 1.4e-5 (margins of 14x and 70x); beyond that, an element whose
+    gradient cancels to rounding level may see Adam's update turned round (:func:`assert_close_but_flips`).
 
     ``policy="bf16"`` (both steps under bf16 autocast) takes the 16-bit tolerance, 2e-2, for every check
     in place of 1e-5 and of ``UPDATE_RTOL``.
@@ -72,8 +73,9 @@ def assert_steps_match(
         slack = ADAM_SLACK * float(opt.param_groups[0]["lr"]) * steps
         a, b = getattr(fast_models, name), getattr(ref_models, name)
         a0, b0 = start[(id(fast_models), name)], start[(id(ref_models), name)]
+        flip = 2.0 * float(opt.param_groups[0]["lr"]) * steps
         for (pname, x), y, x0, y0 in zip(a.named_parameters(), b.parameters(), a0, b0, strict=True):
-            assert_close_fp32(x, y, f"{name}.{pname}", slack, tol=tol)
+            assert_close_but_flips(x, y, f"{name}.{pname}", slack, flip, tol=tol)
             error, size = ((x - x0) - (y - y0)).norm().item(), (y - y0).norm().item()
             assert error <= update_rtol * size, f"{name}.{pname}: update differs by {error:.3g} (norm {size:.3g})"
     for name in ("opt_g", "opt_d"):
@@ -86,6 +88,30 @@ def assert_steps_match(
 
 KINK_SHARE = 0.05
 KINK_NORM_RTOL = 1e-3
+FLIP_SHARE = 1e-4
+
+
+def assert_close_but_flips(
+    actual: torch.Tensor, expected: torch.Tensor, what: str, slack: float, flip: float, tol: float = 1e-5
+) -> None:
+    """:func:`assert_close_fp32` with ``slack``, except that up to ``FLIP_SHARE`` of the elements may differ by
+    up to ``flip`` (2 lr per step: Adam's normalised update turned round).
+
+    Why: Adam's first update is ``lr * sign(g)`` whatever g's size, so an element whose gradient is a sum
+    that cancels to rounding level can take opposite signs in two correct implementations (seen: 1 of the
+    1M weights of the wide generator's second layer at batch 1024, 0.7 lr apart after 3 steps). The
+    per-tensor update-norm check of :func:`assert_steps_match` still catches a systematic error, and so
+    does this one: a wrong beta or lr moves far more than one element in 10^4.
+    """
+    atol = tol * expected.detach().abs().max().item() + slack
+    close = torch.isclose(actual, expected, rtol=tol, atol=atol)
+    if bool(close.all()):
+        return
+    share = 1.0 - close.float().mean().item()
+    worst = (actual - expected).abs().max().item()
+    if share <= FLIP_SHARE and worst <= flip:
+        return
+    assert_close_fp32(actual, expected, f"{what} ({share:.2g} of elements off, worst {worst:.3g})", slack, tol=tol)
 
 
 def assert_close_but_kinks(actual: torch.Tensor, expected: torch.Tensor, what: str, tol: float = 1e-5) -> None:

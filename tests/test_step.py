@@ -245,6 +245,26 @@ def test_adam_state_interoperates_with_torch_adam(default_pair, data):
         assert_steps_match(ref, fast, a, b, [draw_step_inputs(data, STEPS + 3, cfg)])
 
 
+def test_step_check_lets_a_rare_turned_round_adam_update_through_and_nothing_more():
+    """One weight in 10^4 off by up to 2 lr per step passes (Adam's sign of a gradient at rounding level); more
+    such weights, or one off by more, fail."""
+    from benchmarks.step_check import assert_close_but_flips
+
+    lr, steps = 2e-4, 3
+    expected = torch.randn(100_000, generator=torch.Generator().manual_seed(0))
+    slack, flip = 0.1 * lr * steps, 2 * lr * steps
+    one = expected.clone()
+    one[7] += 0.7 * lr * steps
+    assert_close_but_flips(one, expected, "w", slack, flip)
+    many = expected.clone()
+    many[:100] += 0.7 * lr * steps
+    too_far = expected.clone()
+    too_far[7] += 3 * lr * steps
+    for bad in (many, too_far):
+        with pytest.raises(AssertionError, match="w "):
+            assert_close_but_flips(bad, expected, "w", slack, flip)
+
+
 def test_a_new_batch_shape_after_warm_up_goes_through_the_guards(data):
     """Warm calls skip dynamo's guards; a batch of another size must not run on the graph compiled for the
     old one: it recompiles, and both steps still agree."""
