@@ -70,10 +70,10 @@ def assert_steps_match(
     for name, opt_name in (("G", "opt_g"), ("D", "opt_d"), ("ema", "opt_g")):
         opt = getattr(ref_models, opt_name)
         steps = max((float(s["step"]) for s in opt.state.values()), default=0.0)
-        slack = ADAM_SLACK * float(opt.param_groups[0]["lr"]) * steps
+        lr = float(opt.param_groups[0]["lr"])
+        slack, flip = ADAM_SLACK * lr * steps, 2.0 * lr * steps
         a, b = getattr(fast_models, name), getattr(ref_models, name)
         a0, b0 = start[(id(fast_models), name)], start[(id(ref_models), name)]
-        flip = 2.0 * float(opt.param_groups[0]["lr"]) * steps
         for (pname, x), y, x0, y0 in zip(a.named_parameters(), b.parameters(), a0, b0, strict=True):
             assert_close_but_flips(x, y, f"{name}.{pname}", slack, flip, tol=tol)
             error, size = ((x - x0) - (y - y0)).norm().item(), (y - y0).norm().item()
@@ -91,6 +91,12 @@ KINK_NORM_RTOL = 1e-3
 FLIP_SHARE = 1e-4
 
 
+def share_off(actual: torch.Tensor, expected: torch.Tensor, slack: float, tol: float) -> float:
+    """The share of elements outside :func:`assert_close_fp32`'s bounds (0.0: all within)."""
+    atol = tol * expected.detach().abs().max().item() + slack
+    return 1.0 - torch.isclose(actual, expected, rtol=tol, atol=atol).float().mean().item()
+
+
 def assert_close_but_flips(
     actual: torch.Tensor, expected: torch.Tensor, what: str, slack: float, flip: float, tol: float = 1e-5
 ) -> None:
@@ -103,11 +109,9 @@ def assert_close_but_flips(
     per-tensor update-norm check of :func:`assert_steps_match` still catches a systematic error, and so
     does this one: a wrong beta or lr moves far more than one element in 10^4.
     """
-    atol = tol * expected.detach().abs().max().item() + slack
-    close = torch.isclose(actual, expected, rtol=tol, atol=atol)
-    if bool(close.all()):
+    share = share_off(actual, expected, slack, tol)
+    if share == 0.0:
         return
-    share = 1.0 - close.float().mean().item()
     worst = (actual - expected).abs().max().item()
     if share <= FLIP_SHARE and worst <= flip:
         return
@@ -127,11 +131,9 @@ def assert_close_but_kinks(actual: torch.Tensor, expected: torch.Tensor, what: s
     1024, each within 7e-4 of the largest, the tensor within 3.3e-4 in norm). A systematic error (a wrong
     beta, a missing term) moves every element and the norm, and still fails.
     """
-    atol = tol * expected.detach().abs().max().item()
-    close = torch.isclose(actual, expected, rtol=tol, atol=atol)
-    if bool(close.all()):
+    share = share_off(actual, expected, 0.0, tol)
+    if share == 0.0:
         return
-    share = 1.0 - close.float().mean().item()
     norm_error = ((actual - expected).norm() / expected.norm().clamp_min(1e-30)).item()
     if share <= KINK_SHARE and norm_error <= KINK_NORM_RTOL:
         return
