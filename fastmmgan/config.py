@@ -15,7 +15,8 @@ ADDED_FIELDS: dict[str, Any] = {"z_components": 0, "r1_weight": 0.0, "mmd_weight
                                  "d_widths": None, "mbstd_group": 4, "cond_diversity_weight": 0.0,
                                  "recon_weight": 0.0, "kl_weight": 0.01, "latent_weight": 0.0, "e_width": 256,
                                  "e_depth": 2, "conditioned_components": True, "fusion": "projection",
-                                 "energy_weight": 0.0, "energy_spread": 1.0, "energy_noise_rows": False}
+                                 "energy_weight": 0.0, "energy_spread": 1.0, "energy_noise_rows": False,
+                                 "condition_noise": 0.0}
 """Fields added after the first release, with the values that reproduce runs saved without them."""
 PRECISIONS = ("auto", "bf16", "fp32")
 FUSIONS = ("projection", "attention")
@@ -86,6 +87,9 @@ class TrainConfig:
     energy_noise_rows: bool = _setting(False, "score the rows generated from noise alone too, each against its own "
                                                "real sample (a draw of the data as a whole): the energy score of the "
                                                "unconditional distribution")
+    condition_noise: float = _setting(0.0, "std of Gaussian noise added during training to the features of the "
+                                           "modalities the generator is given (a regulariser against learning "
+                                           "each training sample's own pairing; sampling adds none; 0: off)")
     recon_weight: float = _setting(0.0, "weight of the cVAE-GAN term: conditioned rows whose noise the encoder takes from "
                                         "their own real sample must reconstruct it (0 with --latent-weight 0: no "
                                         "encoder)")
@@ -165,7 +169,7 @@ class TrainConfig:
             if getattr(self, name) < 0:
                 raise FastMMGANError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         for name in ("diversity_weight", "r1_weight", "mmd_weight", "cond_diversity_weight", "energy_weight", "recon_weight",
-                     "kl_weight", "latent_weight"):
+                     "kl_weight", "latent_weight", "condition_noise"):
             if not getattr(self, name) >= 0:
                 raise FastMMGANError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.energy_spread < 2**0.5:

@@ -140,7 +140,7 @@ def encoded_rows(given: torch.Tensor) -> torch.Tensor:
 
 def generator_pass(
     G: Generator, z: torch.Tensor, z_alt: torch.Tensor, real: Sequence[torch.Tensor], mask: torch.Tensor,
-    given: torch.Tensor, recipe: Recipe,
+    given: torch.Tensor, recipe: Recipe, conditions: Sequence[torch.Tensor] | None = None,
 ) -> GeneratorPass:
     """The generator's part of a step, shared by both steps (the compiled one calls it with G's parameters
     swapped in by ``functional_call``).
@@ -152,15 +152,19 @@ def generator_pass(
     must reconstruct the modalities they were not given (L1) while the posterior stays near the prior (KL);
     the other conditioned rows are generated from z, and the encoder must recover z from their sample
     (latent regression). ``G`` may be wrapped in DistributedDataParallel (the eager step under torchrun).
+    ``conditions`` (M tensors [B, dim_m], default ``real``) are what the generator reads for its given
+    modalities (``StepInputs.conditions``: with ``--condition-noise`` the real features plus noise); the
+    losses and the encoder read ``real``.
     """
+    conditions = real if conditions is None else conditions
     encoder = getattr(G, "module", G).encoder if recipe.uses_encoder else None
     if encoder is None:
-        generated, alternative = generate_twice(G, z, z_alt, real, given, recipe)
+        generated, alternative = generate_twice(G, z, z_alt, conditions, given, recipe)
         return GeneratorPass(generated, alternative, z, None)
     vae = encoded_rows(given)
     mu, logvar = encoder(real, mask)
     z_used = torch.where(vae[:, None], mu + (0.5 * logvar).exp() * z.float(), z.float()).to(z.dtype)
-    generated, alternative = generate_twice(G, z_used, z_alt, real, given, recipe)
+    generated, alternative = generate_twice(G, z_used, z_alt, conditions, given, recipe)
     vae_rows = vae.float()
     loss = recipe.kl_weight * kl_to_prior(mu, logvar, vae_rows)
     if recipe.recon_weight > 0:
@@ -326,7 +330,8 @@ class ReferenceStep:
 
     def __call__(self, batch: StepInputs) -> dict[str, torch.Tensor]:
         with autocast(self.device, self.amp_dtype):
-            made = generator_pass(self.G, batch.z, batch.z_alt, batch.real, batch.mask, batch.given, self.recipe)
+            made = generator_pass(self.G, batch.z, batch.z_alt, batch.real, batch.mask, batch.given, self.recipe,
+                                  batch.conditions)
         fake = compose_fake(batch.real, made.generated, batch.given)
 
         with autocast(self.device, self.amp_dtype):
@@ -526,7 +531,7 @@ class CompiledStep:
         """What a new batch could change that the compiled graph depends on: each tensor's shape, dtype
         and device, and the ops' dispatch mode. Parameters and optimizer state keep theirs between steps."""
         tensors = [*batch.real, batch.mask, batch.given, *batch.mismatched, batch.mismatch_weight, batch.z,
-                   batch.z_alt, batch.alpha, batch.ema_beta]
+                   batch.z_alt, batch.alpha, batch.ema_beta, *batch.conditions]
         return (kernels_mode_now(), *((t.shape, t.dtype, t.device) for t in tensors))
 
     def graph_inputs(self, batch: StepInputs) -> tuple:
@@ -539,7 +544,8 @@ class CompiledStep:
                 torch._dynamo.mark_static_address(t)
         return (
             batch.real, batch.mask, batch.given, batch.mismatched, batch.mismatch_weight, batch.z, batch.z_alt,
-            batch.alpha, batch.ema_beta, ema, state_g, state_d, self._lr(self.opt_g), self._lr(self.opt_d),
+            batch.alpha, batch.ema_beta, batch.conditions, ema, state_g, state_d, self._lr(self.opt_g),
+            self._lr(self.opt_d),
         )
 
     def explain(self, batch: StepInputs):
@@ -558,20 +564,22 @@ class CompiledStep:
         z_alt: torch.Tensor,
         alpha: torch.Tensor,
         ema_beta: torch.Tensor,
+        conditions: Tensors,
         ema_params: Tensors,
         state_g: tuple[Tensors, Tensors, Tensors, Tensors],
         state_d: tuple[Tensors, Tensors, Tensors, Tensors],
         lr_g: torch.Tensor,
         lr_d: torch.Tensor,
     ) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-        batch = StepInputs(real, mask, given, mismatched, mismatch_weight, z, z_alt, alpha, ema_beta)
+        batch = StepInputs(real, mask, given, mismatched, mismatch_weight, z, z_alt, alpha, ema_beta, conditions)
         g_params, *g_opt = state_g
         d_params, *d_opt = state_d
 
         amp = partial(autocast, self.device, self.amp_dtype)
         with torch.enable_grad():
             with amp():
-                made = functional_call(self._generate, dict(zip(self.g_names, g_params)), (z, z_alt, real, mask, given))
+                made = functional_call(self._generate, dict(zip(self.g_names, g_params)), (z, z_alt, real, mask, given),
+                                       {"conditions": conditions})
             fake = [f.detach() for f in compose_fake(real, made.generated, given)]
             with amp():
                 loss_d = functional_call(self.d_objective, dict(zip(self.d_names, d_params)), (batch, fake)).float()

@@ -28,7 +28,9 @@ class StepInputs:
     (one modality taken from another row, see :func:`draw_step_inputs`) with their
     weights [B] (0 where a row has too few modalities to mismatch), noise z [B, z_dim], the noise of each
     row's second draw z_alt [B, z_dim] (the next row's z in the global batch, so it is the same under any
-    number of processes), alpha [B, 1] (WGAN-GP interpolation) and the EMA decay for this step (0-d float32)."""
+    number of processes), alpha [B, 1] (WGAN-GP interpolation), the EMA decay for this step (0-d float32),
+    and the features the generator reads for its given modalities, ``conditions`` (M tensors [B, dim_m]: ``real``
+    itself, or with ``cfg.condition_noise`` > 0 ``real`` plus Gaussian noise of that std)."""
 
     real: list[torch.Tensor]
     mask: torch.Tensor
@@ -39,10 +41,13 @@ class StepInputs:
     z_alt: torch.Tensor
     alpha: torch.Tensor
     ema_beta: torch.Tensor
+    conditions: list[torch.Tensor]
 
     def to(self, device: torch.device) -> StepInputs:
+        real = [x.to(device, non_blocking=True) for x in self.real]
+        same = all(c is r for c, r in zip(self.conditions, self.real, strict=True))  # no condition noise: one copy
         return StepInputs(
-            [x.to(device, non_blocking=True) for x in self.real],
+            real,
             self.mask.to(device, non_blocking=True),
             self.given.to(device, non_blocking=True),
             [x.to(device, non_blocking=True) for x in self.mismatched],
@@ -51,6 +56,7 @@ class StepInputs:
             self.z_alt.to(device, non_blocking=True),
             self.alpha.to(device, non_blocking=True),
             self.ema_beta.to(device, non_blocking=True),
+            real if same else [x.to(device, non_blocking=True) for x in self.conditions],
         )
 
 
@@ -109,7 +115,11 @@ def draw_step_inputs(
     alpha = torch.rand(b, 1, generator=rng)
     beta = torch.tensor(min(cfg.ema_decay, (1.0 + step) / (10.0 + step)), dtype=torch.float32)
     sl = slice(rank * b // world, (rank + 1) * b // world)
+    own = [x[sl] for x in real]
+    conditions = own
+    if cfg.condition_noise:  # drawn last, so runs without it keep every other draw
+        conditions = [x[sl] + cfg.condition_noise * torch.randn(x.shape, generator=rng)[sl] for x in real]
     return StepInputs(
-        [x[sl] for x in real], mask[sl], given[sl], [x[sl] for x in mismatched], valid[sl].float(), z[sl],
-        z.roll(-1, 0)[sl], alpha[sl], beta,
+        own, mask[sl], given[sl], [x[sl] for x in mismatched], valid[sl].float(), z[sl], z.roll(-1, 0)[sl], alpha[sl],
+        beta, conditions,
     )

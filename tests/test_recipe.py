@@ -122,3 +122,19 @@ def test_samples_come_from_the_ema_generator():
     with torch.no_grad():
         assert torch.equal(loaded(z, xs, given)[0], models.ema(z, xs, given)[0])
         assert not torch.equal(loaded(z, xs, given)[0], models.G(z, xs, given)[0])
+
+
+def test_condition_noise_perturbs_only_what_the_generator_reads():
+    """``condition_noise`` adds Gaussian noise of that std to the generator's copy of the features, and every
+    other draw of the step stays what it is without it (so runs without it reproduce)."""
+    data = random_dataset(SPECS, 128, seed=5)
+    plain = draw_step_inputs(data, 3, replace(CFG, batch_size=64))
+    noisy = draw_step_inputs(data, 3, replace(CFG, batch_size=64, condition_noise=0.2))
+    assert all(a is b for a, b in zip(plain.conditions, plain.real, strict=True))
+    for field in ("real", "mismatched"):
+        for a, b in zip(getattr(plain, field), getattr(noisy, field), strict=True):
+            assert torch.equal(a, b)
+    for field in ("mask", "given", "mismatch_weight", "z", "z_alt", "alpha", "ema_beta"):
+        assert torch.equal(getattr(plain, field), getattr(noisy, field))
+    offsets = torch.cat([(c - r).flatten() for c, r in zip(noisy.conditions, noisy.real, strict=True)])
+    assert abs(offsets.mean().item()) < 0.01 and abs(offsets.std().item() - 0.2) < 0.01

@@ -128,6 +128,35 @@ def test_compiled_formulation_matches_reference_with_the_energy_score(data):
     make_pair(data, replace(CFG, energy_weight=4.0), "aot_eager")
 
 
+def test_compiled_formulation_matches_reference_with_condition_noise(data):
+    """The generator reads the noisy conditions in both steps, and the losses the real features."""
+    make_pair(data, replace(CFG, energy_weight=4.0, condition_noise=0.1), "aot_eager")
+
+
+def test_the_generator_reads_the_noisy_conditions_and_the_losses_the_real_ones(data):
+    """With condition noise the conditioned rows' outputs follow ``conditions`` (the same as feeding those as
+    the real features), the rows from noise alone do not change, and the energy score still scores against
+    the clean real sample."""
+    cfg = replace(CFG, energy_weight=4.0, condition_noise=0.3)
+    models = build_models(data, cfg)
+    batch = draw_step_inputs(data, 0, cfg)
+    recipe = Recipe.from_config(cfg)
+    noisy = generator_pass(models.G, batch.z, batch.z_alt, batch.real, batch.mask, batch.given, recipe,
+                           batch.conditions)
+    clean = generator_pass(models.G, batch.z, batch.z_alt, batch.real, batch.mask, batch.given, recipe)
+    fed = generator_pass(models.G, batch.z, batch.z_alt, batch.conditions, batch.mask, batch.given, recipe)
+    conditioned = batch.given.any(dim=1)
+    for a, b, c in zip(noisy.generated, clean.generated, fed.generated, strict=True):
+        torch.testing.assert_close(a, c)
+        torch.testing.assert_close(a[~conditioned], b[~conditioned])
+        assert (a[conditioned] - b[conditioned]).abs().amax() > 1e-3
+    energy = conditional_energy_loss(noisy.generated, noisy.alternative, batch.real, batch.mask & ~batch.given,
+                                     conditioned, cfg.energy_spread, one_sided=True)
+    total = generator_objective(models.D, batch, noisy, recipe)
+    plain = generator_objective(models.D, batch, noisy, replace(recipe, energy_weight=0.0))
+    assert total.item() == pytest.approx(plain.item() + 4.0 * energy.item(), rel=1e-5)
+
+
 def test_generator_objective_adds_the_weighted_energy_score_of_the_second_draw(data):
     """With the weight on, the pass makes a second draw per row and the objective is the plain one plus
     weight x the energy score (with the recipe's spread weight) of the two draws at the real batch, over what
