@@ -87,9 +87,10 @@ class TrainConfig:
     energy_noise_rows: bool = _setting(False, "score the rows generated from noise alone too, each against its own "
                                                "real sample (a draw of the data as a whole): the energy score of the "
                                                "unconditional distribution")
-    condition_noise: float = _setting(0.0, "std of Gaussian noise added during training to the features of the "
-                                           "modalities the generator is given (a regulariser against learning "
-                                           "each training sample's own pairing; sampling adds none; 0: off)")
+    condition_noise: float = _setting(0.0, "Gaussian noise added during training to the features of the modalities "
+                                           "the generator is given, in units of each modality's feature std (a "
+                                           "regulariser against learning each training sample's own pairing; "
+                                           "sampling adds none; 0: off)")
     recon_weight: float = _setting(0.0, "weight of the cVAE-GAN term: conditioned rows whose noise the encoder takes from "
                                         "their own real sample must reconstruct it (0 with --latent-weight 0: no "
                                         "encoder)")

@@ -30,7 +30,8 @@ class StepInputs:
     row's second draw z_alt [B, z_dim] (the next row's z in the global batch, so it is the same under any
     number of processes), alpha [B, 1] (WGAN-GP interpolation), the EMA decay for this step (0-d float32),
     and the features the generator reads for its given modalities, ``conditions`` (M tensors [B, dim_m]: ``real``
-    itself, or with ``cfg.condition_noise`` > 0 ``real`` plus Gaussian noise of that std)."""
+    itself, or with ``cfg.condition_noise`` > 0 ``real`` plus Gaussian noise of that many times the modality's
+    feature std over the batch)."""
 
     real: list[torch.Tensor]
     mask: torch.Tensor
@@ -72,6 +73,13 @@ def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
 
 
 UNCONDITIONAL_SHARE = 0.25
+
+
+def _feature_std(x: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """0-d: the std of one modality's features [B, dim] over the batch's rows that have it (``present`` [B]
+    bool), the scale of its condition noise: a 576-bin spectrogram and an 8x8 image differ in spread."""
+    rows = x[present]
+    return rows.std() if rows.numel() > 1 else torch.ones(())
 
 
 
@@ -118,7 +126,8 @@ def draw_step_inputs(
     own = [x[sl] for x in real]
     conditions = own
     if cfg.condition_noise:  # drawn last, so runs without it keep every other draw
-        conditions = [x[sl] + cfg.condition_noise * torch.randn(x.shape, generator=rng)[sl] for x in real]
+        conditions = [x[sl] + cfg.condition_noise * _feature_std(x, mask[:, m]) * torch.randn(x.shape, generator=rng)[sl]
+                      for m, x in enumerate(real)]
     return StepInputs(
         own, mask[sl], given[sl], [x[sl] for x in mismatched], valid[sl].float(), z[sl], z.roll(-1, 0)[sl], alpha[sl],
         beta, conditions,
