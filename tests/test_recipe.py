@@ -129,7 +129,10 @@ def test_condition_noise_perturbs_only_what_the_generator_reads():
     """``condition_noise`` adds Gaussian noise of that many times each modality's feature std (per modality: the
     digits' spectrogram spreads half as much as their images) to the generator's copy of the features, and every
     other draw of the step stays what it is without it (so runs without it reproduce)."""
-    data = random_dataset(SPECS, 128, seed=5)
+    uniform = random_dataset(SPECS, 128, seed=5, present=0.7)
+    scales = (1.0, 0.5, 0.1)  # features that spread as differently as the digits' image, caption and spectrogram
+    features = tuple(s * x * present[:, None] for s, x, present in zip(scales, uniform.features, uniform.mask.T, strict=True))
+    data = replace(uniform, features=features)  # an absent modality's features are zeros, as a user's file gives them
     plain = draw_step_inputs(data, 3, replace(CFG, batch_size=64))
     noisy = draw_step_inputs(data, 3, replace(CFG, batch_size=64, condition_noise=0.2))
     assert all(a is b for a, b in zip(plain.conditions, plain.real, strict=True))
