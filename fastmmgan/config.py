@@ -10,13 +10,14 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from .errors import FastMMGANError
 from .losses import LOSSES, check_loss
+from .modalities import KINDS
 
 ADDED_FIELDS: dict[str, Any] = {"z_components": 0, "r1_weight": 0.0, "mmd_weight": 0.0, "g_widths": None,
                                  "d_widths": None, "mbstd_group": 4, "cond_diversity_weight": 0.0,
                                  "recon_weight": 0.0, "kl_weight": 0.01, "latent_weight": 0.0, "e_width": 256,
                                  "e_depth": 2, "conditioned_components": True, "fusion": "projection",
                                  "energy_weight": 0.0, "energy_spread": 1.0, "energy_noise_rows": False,
-                                 "condition_noise": 0.0}
+                                 "condition_noise": 0.0, "energy_spread_kinds": "image,text,audio"}
 """Fields added after the first release, with the values that reproduce runs saved without them."""
 PRECISIONS = ("auto", "bf16", "fp32")
 FUSIONS = ("projection", "attention")
@@ -84,6 +85,9 @@ class TrainConfig:
                                           "spread; above 1 it offsets the adversarial loss's pull towards one "
                                           "output per condition; must stay below sqrt(2), where the score has no "
                                           "minimum)")
+    energy_spread_kinds: str = _setting("image,text,audio", "comma-separated output kinds (image, text, audio) whose "
+                                                            "energy score takes --energy-spread; the others take the "
+                                                            "proper score (spread 1)")
     energy_noise_rows: bool = _setting(False, "score the rows generated from noise alone too, each against its own "
                                                "real sample (a draw of the data as a whole): the energy score of the "
                                                "unconditional distribution")
@@ -173,6 +177,10 @@ class TrainConfig:
                      "kl_weight", "latent_weight", "condition_noise"):
             if not getattr(self, name) >= 0:
                 raise FastMMGANError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        unknown = [k for k in self.energy_spread_kinds.split(",") if k not in KINDS]
+        if unknown:
+            raise FastMMGANError(f"energy-spread-kinds: unknown kind {unknown[0]!r} (expected a comma-separated subset of "
+                                 f"{','.join(KINDS)})")
         if not 0.0 <= self.energy_spread < 2**0.5:
             raise FastMMGANError(f"energy-spread must be in [0, sqrt(2) = 1.414), got {self.energy_spread}")
         for name in ("lr", "gp_weight"):

@@ -160,7 +160,7 @@ def _rms_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def conditional_energy_loss(
     generated: Sequence[torch.Tensor], alternative: Sequence[torch.Tensor], real: Sequence[torch.Tensor],
-    target: torch.Tensor, rows: torch.Tensor, spread: float = 1.0, one_sided: bool = False,
+    target: torch.Tensor, rows: torch.Tensor, spread: float | Sequence[float] = 1.0, one_sided: bool = False,
 ) -> torch.Tensor:
     """The energy score (Gneiting & Raftery 2007) of the generator's conditional distribution at each row's real
     sample: with X, X' two samples for the row's conditions (two noise draws) and y its real sample,
@@ -178,7 +178,8 @@ def conditional_energy_loss(
     (float, 0 drops one) and summed over B (a mean over all rows, so data-parallel processes average to one
     process's value). generated, alternative, real: M tensors [B, dim_m]. 0-d fp32.
 
-    ``spread`` weighs the second half, ``spread * |X - X'| / 2`` (1: the proper score). Above 1 the minimum
+    ``spread`` weighs the second half, ``spread * |X - X'| / 2`` (1: the proper score; one value, or one per
+    modality). Above 1 the minimum
     lies at samples more varied than the data's (for a Gaussian, a scale s with s^2 / (s^2 + sigma^2) =
     spread^2 / 2: 1.6 sigma at 1.2), to offset a pull towards one output per condition from the rest of the
     objective; at sqrt(2) and above the score falls without bound as samples move apart.
@@ -190,10 +191,11 @@ def conditional_energy_loss(
     """
     t = target.float()
     score = torch.zeros_like(t[:, 0])
-    for m, (x, x_alt, y) in enumerate(zip(generated, alternative, real, strict=True)):
+    spreads = [float(spread)] * len(generated) if isinstance(spread, (int, float)) else list(spread)
+    for m, (x, x_alt, y, weight) in enumerate(zip(generated, alternative, real, spreads, strict=True)):
         if one_sided:
             x_alt = x_alt.detach()
-        to_x = 0.5 * _rms_distance(x, y) - 0.5 * spread * _rms_distance(x, x_alt)
+        to_x = 0.5 * _rms_distance(x, y) - 0.5 * weight * _rms_distance(x, x_alt)
         per_row = to_x + 0.5 * _rms_distance(x_alt, y)
         if one_sided:
             per_row = per_row + (to_x - to_x.detach())  # the value is unchanged; X's gradient counts twice

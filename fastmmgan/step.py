@@ -66,12 +66,18 @@ class Recipe:
     recon_weight: float = TrainConfig.recon_weight
     kl_weight: float = TrainConfig.kl_weight
     latent_weight: float = TrainConfig.latent_weight
+    energy_spread_kinds: tuple[str, ...] = tuple(TrainConfig.energy_spread_kinds.split(","))
 
     @classmethod
     def from_config(cls, cfg: TrainConfig) -> Recipe:
         return cls(cfg.loss, cfg.gp_weight, cfg.r1_weight, cfg.diversity_weight, cfg.mmd_weight, cfg.cond_diversity_weight,
                    cfg.energy_weight, cfg.energy_spread, cfg.energy_noise_rows, cfg.recon_weight, cfg.kl_weight,
-                   cfg.latent_weight)
+                   cfg.latent_weight, tuple(cfg.energy_spread_kinds.split(",")))
+
+    def energy_spreads(self, specs: Sequence[ModalitySpec]) -> list[float]:
+        """The energy score's spread weight per output modality: :attr:`energy_spread` for the kinds in
+        :attr:`energy_spread_kinds`, the proper score's 1 for the others."""
+        return [self.energy_spread if s.kind in self.energy_spread_kinds else 1.0 for s in specs]
 
     @property
     def uses_encoder(self) -> bool:
@@ -256,7 +262,7 @@ def generator_objective(
     if made.alternative is not None and recipe.energy_weight > 0:
         loss_g = loss_g + recipe.energy_weight * conditional_energy_loss(
             generated, made.alternative, batch.real, batch.mask & ~batch.given, energy_rows(batch.given, recipe),
-            recipe.energy_spread, one_sided=not recipe.differentiates_both_draws)
+            recipe.energy_spreads(D.specs), one_sided=not recipe.differentiates_both_draws)
     if made.encoder_loss is not None:
         loss_g = loss_g + made.encoder_loss
     if recipe.mmd_weight > 0:

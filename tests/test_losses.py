@@ -181,6 +181,21 @@ def test_energy_spread_moves_the_minimum_to_the_stated_gaussian_scale(spread):
     assert best == pytest.approx(expected, abs=0.08)
 
 
+def test_energy_spread_per_modality_is_each_modality_scored_with_its_own():
+    """A list of spread weights scores each modality with its own: the sum of the one-modality scores."""
+    from fastmmgan.losses import conditional_energy_loss
+
+    g = torch.Generator().manual_seed(2)
+    dims = (3, 5)
+    x, x_alt, y = ([torch.rand(6, d, generator=g) for d in dims] for _ in range(3))
+    target, rows = torch.rand(6, 2, generator=g) < 0.7, torch.ones(6)
+    both = conditional_energy_loss(x, x_alt, y, target, rows, [1.3, 1.0])
+    alone = [conditional_energy_loss([x[m]], [x_alt[m]], [y[m]], target[:, m : m + 1], rows, w)
+             for m, w in enumerate((1.3, 1.0))]
+    assert both.item() == pytest.approx(sum(a.item() for a in alone), rel=1e-6)
+    assert abs(both.item() - conditional_energy_loss(x, x_alt, y, target, rows, 1.3).item()) > 1e-3
+
+
 def test_one_sided_energy_score_keeps_the_value_and_the_expected_gradient():
     """With the second draw taken as constant (``one_sided``), the score's value is unchanged and its gradient,
     though it flows through the first draw only, is the whole score's in expectation: generated N(0, s^2),

@@ -177,6 +177,24 @@ def test_generator_objective_adds_the_weighted_energy_score_of_the_second_draw(d
     assert total.item() == pytest.approx(plain.item() + 4.0 * energy.item(), rel=1e-5)
 
 
+def test_energy_spread_kinds_give_the_other_outputs_the_proper_score(data):
+    """With ``energy_spread_kinds`` "image" the objective's energy score takes the spread weight for the image
+    output and 1 for the caption and the tone."""
+    cfg = replace(CFG, energy_weight=4.0, energy_spread=1.3, energy_spread_kinds="image")
+    models = build_models(data, cfg)
+    batch = draw_step_inputs(data, 0, cfg)
+    recipe = Recipe.from_config(cfg)
+    assert recipe.energy_spreads(models.D.specs) == [1.3, 1.0, 1.0]
+    made = generator_pass(models.G, batch.z, batch.z_alt, batch.real, batch.mask, batch.given, recipe)
+    plain = generator_objective(models.D, batch, made, replace(recipe, energy_weight=0.0))
+    energy = conditional_energy_loss(made.generated, made.alternative, batch.real, batch.mask & ~batch.given,
+                                     batch.given.any(dim=1), [1.3, 1.0, 1.0], one_sided=True)
+    total = generator_objective(models.D, batch, made, recipe)
+    assert total.item() == pytest.approx(plain.item() + 4.0 * energy.item(), rel=1e-5)
+    every = generator_objective(models.D, batch, made, replace(recipe, energy_spread_kinds=("image", "text", "audio")))
+    assert abs(every.item() - total.item()) > 1e-3
+
+
 def test_energy_noise_rows_scores_the_rows_generated_from_noise_too(data):
     """By default the energy score counts the conditioned rows only; with ``energy_noise_rows`` every row, each
     against its own real sample."""

@@ -121,7 +121,8 @@ def _cli_error(main, argv, capsys):
      (["--g-widths", "128"], "g-widths needs the fusion's width and at least one layer's"),
      (["--d-widths", "256,0"], "d-widths needs the fusion's width and at least one layer's"),
      (["--mbstd-group", "-1"], "mbstd-group must be >= 0"),
-     (["--energy-spread", "1.5"], "energy-spread must be in [0, sqrt(2) = 1.414), got 1.5")],
+     (["--energy-spread", "1.5"], "energy-spread must be in [0, sqrt(2) = 1.414), got 1.5"),
+     (["--energy-spread-kinds", "image,video"], "energy-spread-kinds: unknown kind 'video'")],
 )
 def test_train_cli_errors(tmp_path, capsys, argv, message):
     err = _cli_error(train.main, [*TINY, "--out", str(tmp_path / "o"), *argv], capsys)
@@ -153,6 +154,7 @@ OTHER_VALUES = {
     "energy_weight": ("--energy-weight", "0.5", 0.5), "energy_spread": ("--energy-spread", "1.1", 1.1),
     "energy_noise_rows": ("--energy-noise-rows", None, True),
     "condition_noise": ("--condition-noise", "0.05", 0.05),
+    "energy_spread_kinds": ("--energy-spread-kinds", "image", "image"),
     "recon_weight": ("--recon-weight", "3", 3.0), "kl_weight": ("--kl-weight", "0.5", 0.5),
     "latent_weight": ("--latent-weight", "0.25", 0.25), "e_width": ("--e-width", "40", 40), "e_depth": ("--e-depth", "3", 3),
     "conditioned_components": ("--no-conditioned-components", None, False),
