@@ -71,7 +71,7 @@ class TrainConfig:
     r1_weight: float = _setting(0.0, "gamma of the R1 penalty on the discriminator's gradient at real data (0: off; "
                                      "not with wgan-gp)")
     diversity_weight: float = _setting(1.2, "weight of the mode-seeking term that keeps samples from noise diverse (0: off)")
-    mmd_weight: float = _setting(10.0, "weight of the MMD between samples from noise and real data (keeps every cluster)")
+    mmd_weight: float = _setting(40.0, "weight of the MMD between samples from noise and real data (keeps every cluster)")
     cond_diversity_weight: float = _setting(0.0, "weight of the mode-seeking term on conditioned rows: the same "
                                                  "conditions from two noise draws must give different images and "
                                                  "audio (0: off; costs a second generator pass)")
@@ -80,18 +80,18 @@ class TrainConfig:
                                           "noise draws) must lie as far from its real sample, and from each other, "
                                           "as real samples of those conditions do (0: off, one output per "
                                           "condition; costs a second generator pass)")
-    energy_spread: float = _setting(1.3, "weight of the energy score's spread half, |X - X'| / 2, against its "
-                                          "pull half (1: the strictly proper score, whose minimum is the data's "
-                                          "spread; above 1 it offsets the adversarial loss's pull towards one "
-                                          "output per condition; must stay below sqrt(2), where the score has no "
-                                          "minimum)")
-    energy_spread_kinds: str = _setting("image,text,audio", "comma-separated output kinds (image, text, audio) whose "
-                                                            "energy score takes --energy-spread; the others take the "
-                                                            "proper score (spread 1)")
+    energy_spread: float = _setting(1.35, "weight of the energy score's spread half, |X - X'| / 2, against its "
+                                           "pull half (1: the strictly proper score, whose minimum is the data's "
+                                           "spread; above 1 it offsets the adversarial loss's pull towards one "
+                                           "output per condition; must stay below sqrt(2), where the score has no "
+                                           "minimum)")
+    energy_spread_kinds: str = _setting("image", "comma-separated output kinds (image, text, audio) whose "
+                                                 "energy score takes --energy-spread; the others take the "
+                                                 "proper score (spread 1)")
     energy_noise_rows: bool = _setting(False, "score the rows generated from noise alone too, each against its own "
                                                "real sample (a draw of the data as a whole): the energy score of the "
                                                "unconditional distribution")
-    condition_noise: float = _setting(0.0, "Gaussian noise added during training to the features of the modalities "
+    condition_noise: float = _setting(0.3, "Gaussian noise added during training to the features of the modalities "
                                            "the generator is given, in units of each modality's feature std (a "
                                            "regulariser against learning each training sample's own pairing; "
                                            "sampling adds none; 0: off)")

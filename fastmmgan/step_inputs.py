@@ -31,7 +31,7 @@ class StepInputs:
     number of processes), alpha [B, 1] (WGAN-GP interpolation), the EMA decay for this step (0-d float32),
     and the features the generator reads for its given modalities, ``conditions`` (M tensors [B, dim_m]: ``real``
     itself, or with ``cfg.condition_noise`` > 0 ``real`` plus Gaussian noise of that many times the modality's
-    feature std over the batch)."""
+    feature std over the batch; with one modality, which no row is given, ``real`` itself)."""
 
     real: list[torch.Tensor]
     mask: torch.Tensor
@@ -125,7 +125,8 @@ def draw_step_inputs(
     sl = slice(rank * b // world, (rank + 1) * b // world)
     own = [x[sl] for x in real]
     conditions = own
-    if cfg.condition_noise:  # drawn last, so runs without it keep every other draw
+    # Drawn last, so runs without it keep every other draw; one modality is never given, so nothing reads it.
+    if cfg.condition_noise and m > 1:
         conditions = [x[sl] + cfg.condition_noise * _feature_std(x, mask[:, m]) * torch.randn(x.shape, generator=rng)[sl]
                       for m, x in enumerate(real)]
     return StepInputs(

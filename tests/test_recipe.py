@@ -133,7 +133,7 @@ def test_condition_noise_perturbs_only_what_the_generator_reads():
     scales = (1.0, 0.5, 0.1)  # features that spread as differently as the digits' image, caption and spectrogram
     features = tuple(s * x * present[:, None] for s, x, present in zip(scales, uniform.features, uniform.mask.T, strict=True))
     data = replace(uniform, features=features)  # an absent modality's features are zeros, as a user's file gives them
-    plain = draw_step_inputs(data, 3, replace(CFG, batch_size=64))
+    plain = draw_step_inputs(data, 3, replace(CFG, batch_size=64, condition_noise=0.0))
     noisy = draw_step_inputs(data, 3, replace(CFG, batch_size=64, condition_noise=0.2))
     assert all(a is b for a, b in zip(plain.conditions, plain.real, strict=True))
     for field in ("real", "mismatched"):
@@ -145,3 +145,12 @@ def test_condition_noise_perturbs_only_what_the_generator_reads():
         offsets = c - r
         assert abs(offsets.mean().item()) < 0.01 * r.std().item()
         assert offsets.std().item() == pytest.approx(0.2 * r[present].std().item(), rel=0.05)
+
+
+def test_one_modality_draws_no_condition_noise():
+    """With one modality no row is ever given it, so the step draws no condition noise: the generator's copy is
+    the real features themselves (no wasted draw or copy per step)."""
+    data = random_dataset(SPECS[:1], 64, seed=5)
+    inputs = draw_step_inputs(data, 3, replace(CFG, batch_size=32, condition_noise=0.3))
+    assert not inputs.given.any()
+    assert all(c is r for c, r in zip(inputs.conditions, inputs.real, strict=True))

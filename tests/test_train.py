@@ -154,7 +154,7 @@ OTHER_VALUES = {
     "energy_weight": ("--energy-weight", "0.5", 0.5), "energy_spread": ("--energy-spread", "1.1", 1.1),
     "energy_noise_rows": ("--energy-noise-rows", None, True),
     "condition_noise": ("--condition-noise", "0.05", 0.05),
-    "energy_spread_kinds": ("--energy-spread-kinds", "image", "image"),
+    "energy_spread_kinds": ("--energy-spread-kinds", "image,audio", "image,audio"),
     "recon_weight": ("--recon-weight", "3", 3.0), "kl_weight": ("--kl-weight", "0.5", 0.5),
     "latent_weight": ("--latent-weight", "0.25", 0.25), "e_width": ("--e-width", "40", 40), "e_depth": ("--e-depth", "3", 3),
     "conditioned_components": ("--no-conditioned-components", None, False),
