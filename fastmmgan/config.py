@@ -84,7 +84,7 @@ class TrainConfig:
                                            "pull half (1: the strictly proper score, whose minimum is the data's "
                                            "spread; above 1 it offsets the adversarial loss's pull towards one "
                                            "output per condition; must stay below sqrt(2), where the score has no "
-                                           "minimum)")
+                                           "minimum); applies to the outputs --energy-spread-kinds names")
     energy_spread_kinds: str = _setting("image", "comma-separated output kinds (image, text, audio) whose "
                                                  "energy score takes --energy-spread; the others take the "
                                                  "proper score (spread 1)")
@@ -92,9 +92,9 @@ class TrainConfig:
                                                "real sample (a draw of the data as a whole): the energy score of the "
                                                "unconditional distribution")
     condition_noise: float = _setting(0.3, "Gaussian noise added during training to the features of the modalities "
-                                           "the generator is given, in units of each modality's feature std (a "
-                                           "regulariser against learning each training sample's own pairing; "
-                                           "sampling adds none; 0: off)")
+                                           "the generator is given, in units of each modality's feature std over "
+                                           "the batch (a regulariser against learning each training sample's own "
+                                           "pairing; sampling adds none; 0: off)")
     recon_weight: float = _setting(0.0, "weight of the cVAE-GAN term: conditioned rows whose noise the encoder takes from "
                                         "their own real sample must reconstruct it (0 with --latent-weight 0: no "
                                         "encoder)")

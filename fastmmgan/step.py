@@ -535,10 +535,12 @@ class CompiledStep:
     @staticmethod
     def _signature(batch: StepInputs) -> tuple:
         """What a new batch could change that the compiled graph depends on: each tensor's shape, dtype
-        and device, and the ops' dispatch mode. Parameters and optimizer state keep theirs between steps."""
+        and device, the ops' dispatch mode, and whether the conditions are the real tensors themselves (the
+        graph takes one input for both then). Parameters and optimizer state keep theirs between steps."""
         tensors = [*batch.real, batch.mask, batch.given, *batch.mismatched, batch.mismatch_weight, batch.z,
                    batch.z_alt, batch.alpha, batch.ema_beta, *batch.conditions]
-        return (kernels_mode_now(), *((t.shape, t.dtype, t.device) for t in tensors))
+        aliased = tuple(c is r for c, r in zip(batch.conditions, batch.real, strict=True))
+        return (kernels_mode_now(), *((t.shape, t.dtype, t.device) for t in tensors), aliased)
 
     def graph_inputs(self, batch: StepInputs) -> tuple:
         """The arguments of the compiled graph (:meth:`_step`) for ``batch``: the batch's tensors, the EMA,

@@ -88,12 +88,32 @@ def load_config_json(path: str) -> dict[str, object]:
     return saved.to_dict()
 
 
+def resumed_config(args: argparse.Namespace) -> dict[str, object] | None:
+    """The config saved in the checkpoint ``--resume`` names (``args.out``'s last one for a bare ``--resume``),
+    or None where there is none yet (the run then says so itself)."""
+    if args.resume == "auto":
+        out = Path(args.out) if args.out is not None else default_out(config_from_args(args))
+        path = out / CHECKPOINT_DIR / LAST
+        if not path.is_file():
+            return None
+    else:
+        path = Path(args.resume)
+    from .checkpoint import load_checkpoint  # torch, only when resuming
+
+    return TrainConfig.from_dict(load_checkpoint(path)["config"]).to_dict()
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The command line over the defaults: TrainConfig's, or those of ``--config`` when given."""
+    """The command line over the defaults: TrainConfig's, or those of ``--config`` when given, or when resuming
+    those the checkpoint was trained with (so a run keeps its recipe when the library's defaults change)."""
     parser = build_parser()
     first, _ = parser.parse_known_args(argv)
+    saved = None
     if first.config is not None:
         saved = load_config_json(first.config)
+    elif first.resume is not None:
+        saved = resumed_config(first)
+    if saved is not None:
         if saved.get("data") is not None:
             saved["dataset"] = _DEFAULTS.dataset  # --data and --dataset exclude each other; data wins
         parser.set_defaults(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})

@@ -1,5 +1,6 @@
 """Crash safety: exact resume after SIGKILL, checkpoints that survive a kill mid-write, clear errors."""
 
+import json
 import os
 import signal
 import subprocess
@@ -146,3 +147,18 @@ def test_resume_refuses_another_architecture(tmp_path, capsys):
     assert train.main([*small, "--out", str(out)]) == 0
     with pytest.raises(FastMMGANError, match="different model"):
         train.main([*small, "--out", str(out), "--resume", "--g-width", "24"])
+
+
+def test_resume_keeps_the_recipe_the_checkpoint_was_trained_with(tmp_path):
+    """``--resume`` with no other flags trains on with the checkpoint's settings, not the library's defaults
+    (which may have changed since); flags given as well still win (``--steps`` to train longer)."""
+    out = tmp_path / "run"
+    short = [a if a != str(STEPS) else "5" for a in ARGS] + ["--no-compile", "--mmd-weight", "3",
+                                                             "--condition-noise", "0.1"]
+    assert train.main([*short, "--out", str(out)]) == 0
+    assert train.main(["--out", str(out), "--resume", "--steps", "6", "--no-progress"]) == 0
+    assert train.main(["--out", str(out), "--resume", str(out / "checkpoints" / "last.pt"), "--steps", "7",
+                       "--no-progress"]) == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert (saved["mmd_weight"], saved["condition_noise"], saved["steps"]) == (3.0, 0.1, 7)
+    assert load_checkpoint(out)["config"]["mmd_weight"] == 3.0 and load_checkpoint(out)["step"] == 7

@@ -128,9 +128,11 @@ def test_compiled_formulation_matches_reference_with_the_energy_score(data):
     make_pair(data, replace(CFG, energy_weight=4.0), "aot_eager")
 
 
-def test_compiled_formulation_matches_reference_with_condition_noise(data):
-    """The generator reads the noisy conditions in both steps, and the losses the real features."""
-    make_pair(data, replace(CFG, energy_weight=4.0, condition_noise=0.1), "aot_eager")
+def test_compiled_formulation_matches_reference_without_condition_noise(data):
+    """Without condition noise (old runs, ``--condition-noise 0``) the generator's conditions are the real
+    features themselves, one tensor passed to the graph twice; the default's noisy ones are the other tests'."""
+    assert CFG.condition_noise > 0
+    make_pair(data, replace(CFG, energy_weight=4.0, condition_noise=0.0), "aot_eager")
 
 
 def test_the_generator_reads_the_noisy_conditions_and_the_losses_the_real_ones(data):
@@ -151,7 +153,7 @@ def test_the_generator_reads_the_noisy_conditions_and_the_losses_the_real_ones(d
         torch.testing.assert_close(a[~conditioned], b[~conditioned])
         assert (a[conditioned] - b[conditioned]).abs().amax() > 1e-3
     energy = conditional_energy_loss(noisy.generated, noisy.alternative, batch.real, batch.mask & ~batch.given,
-                                     conditioned, cfg.energy_spread, one_sided=True)
+                                     conditioned, recipe.energy_spreads(models.D.specs), one_sided=True)
     total = generator_objective(models.D, batch, noisy, recipe)
     plain = generator_objective(models.D, batch, noisy, replace(recipe, energy_weight=0.0))
     assert total.item() == pytest.approx(plain.item() + 4.0 * energy.item(), rel=1e-5)
@@ -161,7 +163,7 @@ def test_generator_objective_adds_the_weighted_energy_score_of_the_second_draw(d
     """With the weight on, the pass makes a second draw per row and the objective is the plain one plus
     weight x the energy score (with the recipe's spread weight) of the two draws at the real batch, over what
     each conditioned row was not given."""
-    cfg = replace(CFG, energy_weight=4.0, energy_spread=1.2)
+    cfg = replace(CFG, energy_weight=4.0, energy_spread=1.2, energy_spread_kinds="image,text,audio")
     models = build_models(data, cfg)
     batch = draw_step_inputs(data, 0, cfg)
     recipe = Recipe.from_config(cfg)
@@ -208,7 +210,8 @@ def test_energy_noise_rows_scores_the_rows_generated_from_noise_too(data):
     scores = {}
     for name, rows in (("conditioned", batch.given.any(dim=1)), ("all", torch.ones(len(batch.given)))):
         scores[name] = conditional_energy_loss(made.generated, made.alternative, batch.real,
-                                               batch.mask & ~batch.given, rows, recipe.energy_spread).item()
+                                               batch.mask & ~batch.given, rows,
+                                               recipe.energy_spreads(models.D.specs)).item()
     assert abs(scores["all"] - scores["conditioned"]) > 1e-3
     for noise_rows, name in ((True, "all"), (False, "conditioned")):
         total = generator_objective(models.D, batch, made, replace(recipe, energy_noise_rows=noise_rows)).item()
@@ -321,6 +324,19 @@ def test_a_new_batch_shape_after_warm_up_goes_through_the_guards(data):
     inputs = [draw_step_inputs(data, i, CFG) for i in range(3)] + [draw_step_inputs(data, 3, replace(CFG, batch_size=8))]
     assert_steps_match(ref, fast, models, twin, inputs)
     assert fast._warm_calls == 1 and fast._warm_signature[1][0][0] == 8  # real[0]: (shape, dtype, device)
+
+
+def test_noisy_conditions_after_warm_up_on_clean_ones_go_through_the_guards(data):
+    """A step warmed on batches whose conditions are the real tensors themselves (no condition noise: one graph
+    input for both) must not run a noisy batch on that graph: the signature changes, and both steps agree."""
+    models = build_models(data, CFG)
+    twin = models.copy(CFG)
+    ref, fast = make_steps(models, twin, CFG, backend="aot_eager")
+    clean = replace(CFG, condition_noise=0.0)
+    inputs = [draw_step_inputs(data, i, clean) for i in range(3)] + [draw_step_inputs(data, 3, CFG)]
+    assert inputs[0].conditions[0] is inputs[0].real[0] and inputs[3].conditions[0] is not inputs[3].real[0]
+    assert_steps_match(ref, fast, models, twin, inputs)
+    assert fast._warm_calls == 1
 
 
 def test_build_step_compiles_unless_told(data):
