@@ -56,7 +56,7 @@ def _matches(value: Any, hint: Any) -> bool:
 class TrainConfig:
     """Everything that decides a run; each field is also a ``python -m fastmmgan.train`` flag (``--batch-size``
     for ``batch_size``) with the help text given here. The defaults train the digits model the README
-    measures (2 CPU cores, about 8.5 minutes; machines of this kind have run up to 1.3x slower)."""
+    measures (2 CPU cores, about 6 minutes; machines of this kind have run it up to 1.4x slower)."""
 
     dataset: str = _setting("digits", "built-in dataset (digits: image, caption, keypad tone)", group="data source")
     data: str | None = _setting(None, "user .npz file: one array per modality plus 'kinds' (see README)",
