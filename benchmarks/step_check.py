@@ -43,7 +43,7 @@ def assert_steps_match(
     whose gradient is at fp32 rounding level (a sum that nearly cancels) gets an update that differs by
     up to lr between two correct implementations that merely sum in another order (inductor's loops vs
     eager kernels). So element-wise the policy plus ``ADAM_SLACK * lr * steps``; and per tensor, the
-    update these steps made must agree in norm within ``UPDATE_RTOL``, which catches any systematic
+    update these steps made must agree in norm within ``UPDATE_RTOL`` (:func:`assert_update_close`), which catches any systematic
     error (a 1% error in lr, a bias correction, a beta) that the element-wise slack would let through.
     Measured over 4-8 steps of the test, seed-mnist, digits and wide configs: worst element 7.3e-3 of
     lr per step, worst update-norm error 1.4e-5 (margins of 14x and 70x); beyond that, an element whose
@@ -76,8 +76,7 @@ def assert_steps_match(
         a0, b0 = start[(id(fast_models), name)], start[(id(ref_models), name)]
         for (pname, x), y, x0, y0 in zip(a.named_parameters(), b.parameters(), a0, b0, strict=True):
             assert_close_but_flips(x, y, f"{name}.{pname}", slack, flip, tol=tol)
-            error, size = ((x - x0) - (y - y0)).norm().item(), (y - y0).norm().item()
-            assert error <= update_rtol * size, f"{name}.{pname}: update differs by {error:.3g} (norm {size:.3g})"
+            assert_update_close(x, y, x0, y0, f"{name}.{pname}", slack, tol, update_rtol)
     for name in ("opt_g", "opt_d"):
         a, b = getattr(fast_models, name).state_dict()["state"], getattr(ref_models, name).state_dict()["state"]
         for i in b:
@@ -86,15 +85,35 @@ def assert_steps_match(
                 assert_close_but_kinks(a[i][key], b[i][key], f"{name}[{i}].{key}", tol=moment_tol)
 
 
+def assert_update_close(
+    actual: torch.Tensor, expected: torch.Tensor, actual0: torch.Tensor, expected0: torch.Tensor, what: str,
+    slack: float, tol: float, rtol: float,
+) -> None:
+    """The update a tensor took (``actual - actual0`` against ``expected - expected0``) agrees in norm within
+    ``rtol``, over the elements within :func:`assert_close_fp32`'s bounds: the turned-round Adam updates that
+    :func:`assert_close_but_flips` lets through (at most 1 element in 10^4, each within 2 lr per step) stay out,
+    since one of them alone is 0.1% of a 65k-element tensor's whole update (seen on the digits generator's
+    first fusion projection). A systematic error (a 1% error in lr) moves every element and still shows."""
+    kept = ~off_bounds(actual, expected, slack, tol)
+    error = ((actual - actual0) - (expected - expected0))[kept].norm().item()
+    size = (expected - expected0).norm().item()
+    assert error <= rtol * size, f"{what}: update differs by {error:.3g} (norm {size:.3g})"
+
+
 KINK_SHARE = 0.05
 KINK_NORM_RTOL = 1e-3
 FLIP_SHARE = 1e-4
 
 
+def off_bounds(actual: torch.Tensor, expected: torch.Tensor, slack: float, tol: float) -> torch.Tensor:
+    """Bool, ``expected``'s shape: the elements outside :func:`assert_close_fp32`'s bounds."""
+    atol = tol * expected.detach().abs().max().item() + slack
+    return ~torch.isclose(actual.detach(), expected.detach(), rtol=tol, atol=atol)
+
+
 def share_off(actual: torch.Tensor, expected: torch.Tensor, slack: float, tol: float) -> float:
     """The share of elements outside :func:`assert_close_fp32`'s bounds (0.0: all within)."""
-    atol = tol * expected.detach().abs().max().item() + slack
-    return 1.0 - torch.isclose(actual, expected, rtol=tol, atol=atol).float().mean().item()
+    return off_bounds(actual, expected, slack, tol).float().mean().item()
 
 
 def assert_close_but_flips(

@@ -315,6 +315,25 @@ def test_step_check_lets_a_rare_turned_round_adam_update_through_and_nothing_mor
             assert_close_but_flips(bad, expected, "w", slack, flip)
 
 
+def test_step_check_keeps_a_turned_round_update_out_of_the_norm_and_catches_a_systematic_error():
+    """The per-tensor update-norm check leaves out the one turned-round element the element-wise check let
+    through (alone it is 0.8% of a 65k-element update here), and still fails on a 1% error in every element."""
+    from benchmarks.step_check import assert_close_but_flips, assert_update_close
+
+    lr = 2e-4
+    start = torch.zeros(256, 256)
+    expected = lr * torch.randn(256, 256, generator=torch.Generator().manual_seed(0)).sign()  # Adam's first step
+    slack, flip = 0.1 * lr, 2 * lr
+    turned = expected.clone()
+    turned[3, 5] = -turned[3, 5]
+    assert_close_but_flips(turned, expected, "w", slack, flip)
+    assert_update_close(turned, expected, start, start, "w", slack, 1e-5, 1e-3)
+    scaled = expected * 1.01
+    assert_close_but_flips(scaled, expected, "w", slack, flip)
+    with pytest.raises(AssertionError, match="w: update differs"):
+        assert_update_close(scaled, expected, start, start, "w", slack, 1e-5, 1e-3)
+
+
 def test_a_new_batch_shape_after_warm_up_goes_through_the_guards(data):
     """Warm calls skip dynamo's guards; a batch of another size must not run on the graph compiled for the
     old one: it recompiles, and both steps still agree."""
