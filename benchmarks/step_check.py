@@ -43,8 +43,9 @@ def assert_steps_match(
     whose gradient is at fp32 rounding level (a sum that nearly cancels) gets an update that differs by
     up to lr between two correct implementations that merely sum in another order (inductor's loops vs
     eager kernels). So element-wise the policy plus ``ADAM_SLACK * lr * steps``; and per tensor, the
-    update these steps made must agree in norm within ``UPDATE_RTOL`` (:func:`assert_update_close`), which catches any systematic
-    error (a 1% error in lr, a bias correction, a beta) that the element-wise slack would let through.
+    update these steps made must agree in norm within ``UPDATE_RTOL`` (:func:`assert_update_close`), which
+    catches any systematic error (a 1% error in lr, a bias correction, a beta) that the element-wise slack
+    would let through.
     Measured over 4-8 steps of the test, seed-mnist, digits and wide configs: worst element 7.3e-3 of
     lr per step, worst update-norm error 1.4e-5 (margins of 14x and 70x); beyond that, an element whose
     gradient cancels to rounding level may see Adam's update turned round (:func:`assert_close_but_flips`).

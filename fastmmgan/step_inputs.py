@@ -127,8 +127,8 @@ def draw_step_inputs(
     conditions = own
     # Drawn last, so runs without it keep every other draw; one modality is never given, so nothing reads it.
     if cfg.condition_noise and m > 1:
-        conditions = [x[sl] + (cfg.condition_noise * _feature_std(x, mask[:, m])
-                               * torch.randn(x.shape, generator=rng)[sl]).to(x.dtype) for m, x in enumerate(real)]
+        conditions = [x[sl] + (cfg.condition_noise * _feature_std(x, mask[:, k])
+                               * torch.randn(x.shape, generator=rng)[sl]).to(x.dtype) for k, x in enumerate(real)]
     return StepInputs(
         own, mask[sl], given[sl], [x[sl] for x in mismatched], valid[sl].float(), z[sl], z.roll(-1, 0)[sl], alpha[sl],
         beta, conditions,

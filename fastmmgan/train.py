@@ -89,15 +89,11 @@ def load_config_json(path: str) -> dict[str, object]:
 
 
 def resumed_config(args: argparse.Namespace) -> dict[str, object] | None:
-    """The config saved in the checkpoint ``--resume`` names (``args.out``'s last one for a bare ``--resume``),
-    or None where there is none yet (the run then says so itself)."""
-    if args.resume == "auto":
-        out = Path(args.out) if args.out is not None else default_out(config_from_args(args))
-        path = out / CHECKPOINT_DIR / LAST
-        if not path.is_file():
-            return None
-    else:
-        path = Path(args.resume)
+    """The config saved in the checkpoint ``--resume`` names, or None where a bare ``--resume`` finds none yet
+    (:func:`main` then says so)."""
+    path = resume_path(args, run_dir(args, config_from_args(args)))
+    if path is None or (args.resume == "auto" and not path.is_file()):
+        return None
     from .checkpoint import load_checkpoint  # torch, only when resuming
 
     return TrainConfig.from_dict(load_checkpoint(path)["config"]).to_dict()
@@ -125,6 +121,19 @@ def default_out(cfg: TrainConfig) -> Path:
     return Path("runs") / (Path(cfg.data).stem if cfg.data else cfg.dataset)
 
 
+def run_dir(args: argparse.Namespace, cfg: TrainConfig) -> Path:
+    """``--out``, or :func:`default_out` for ``cfg``."""
+    return Path(args.out) if args.out is not None else default_out(cfg)
+
+
+def resume_path(args: argparse.Namespace, out: Path) -> Path | None:
+    """The checkpoint ``--resume`` names: its path, or for a bare ``--resume`` run ``out``'s last one (None
+    without ``--resume``)."""
+    if args.resume is None:
+        return None
+    return out / CHECKPOINT_DIR / LAST if args.resume == "auto" else Path(args.resume)
+
+
 def check_out_dir(out: Path) -> None:
     """Fail early, with the path, when the run directory cannot be written."""
     target = out
@@ -138,15 +147,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configure_logging(args)
     cfg = config_from_args(args)
-    out = Path(args.out) if args.out is not None else default_out(cfg)
+    out = run_dir(args, cfg)
     check_out_dir(out)
-    resume = None
-    if args.resume == "auto":
-        resume = out / CHECKPOINT_DIR / LAST
-        if not resume.is_file():
-            raise FastMMGANError(f"--resume: no checkpoint to resume in {out}")
-    elif args.resume is not None:
-        resume = Path(args.resume)
+    resume = resume_path(args, out)
+    if args.resume == "auto" and not resume.is_file():
+        raise FastMMGANError(f"--resume: no checkpoint to resume in {out}")
     from .trainer import Trainer
 
     trainer = Trainer(cfg, out, resume=resume)
