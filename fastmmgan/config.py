@@ -56,12 +56,12 @@ def _matches(value: Any, hint: Any) -> bool:
 class TrainConfig:
     """Everything that decides a run; each field is also a ``python -m fastmmgan.train`` flag (``--batch-size``
     for ``batch_size``) with the help text given here. The defaults train the digits model the README
-    measures (2 CPU cores, about 6 minutes; machines of this kind have run it up to 1.4x slower)."""
+    measures (2 CPU cores, about 7 minutes; machines of this kind have run it up to 1.4x slower)."""
 
     dataset: str = _setting("digits", "built-in dataset (digits: image, caption, keypad tone)", group="data source")
     data: str | None = _setting(None, "user .npz file: one array per modality plus 'kinds' (see README)",
                                 group="data source")
-    steps: int = _setting(25000, "total training steps (D update + G update each)")
+    steps: int = _setting(30000, "total training steps (D update + G update each)")
     batch_size: int = _setting(64, "samples per step (global: split over torchrun's processes)")
     lr: float = _setting(2e-4, "Adam learning rate of the generator")
     d_lr: float | None = _setting(1e-4, "Adam learning rate of the discriminator")
