@@ -161,4 +161,5 @@ def test_resume_keeps_the_recipe_the_checkpoint_was_trained_with(tmp_path):
                        "--no-progress"]) == 0
     saved = json.loads((out / "config.json").read_text())
     assert (saved["mmd_weight"], saved["condition_noise"], saved["steps"]) == (3.0, 0.1, 7)
-    assert load_checkpoint(out)["config"]["mmd_weight"] == 3.0 and load_checkpoint(out)["step"] == 7
+    state = load_checkpoint(out)
+    assert state["config"]["mmd_weight"] == 3.0 and state["step"] == 7
