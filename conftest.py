@@ -61,3 +61,31 @@ def tiny_run(tmp_path_factory):
     cfg = TrainConfig(steps=1, batch_size=16, z_dim=8, g_width=32, d_width=32, compile=False, device="cpu")
     Trainer(cfg, out).save()
     return out
+
+
+COLOUR_SHAPE = (4, 6)
+"""The RGB image size of ``tiny_colour_run``: not square, so a swapped H and W shows."""
+
+
+@pytest.fixture(scope="session")
+def tiny_colour_run(tmp_path_factory):
+    """A run directory holding the checkpoint of a tiny, untrained model with an RGB image (``photo``, [4, 6, 3])
+    and a caption (``caption``); no dataset has RGB images, so the checkpoint is written directly."""
+    import torch
+
+    from fastmmgan import __version__
+    from fastmmgan.checkpoint import save_checkpoint
+    from fastmmgan.config import TrainConfig
+    from fastmmgan.modalities import ModalitySpec
+    from fastmmgan.models import Generator
+
+    cfg = TrainConfig(steps=1, batch_size=16, z_dim=8, g_width=32, d_width=32, compile=False, device="cpu")
+    specs = [ModalitySpec("photo", "image", image_shape=COLOUR_SHAPE, channels=3),
+             ModalitySpec("caption", "text", vocab=("red", "blue", "left", "right"))]
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        ema = Generator.from_config(specs, cfg)
+    out = tmp_path_factory.mktemp("tiny_colour_run")
+    save_checkpoint(out, 0, {"format": "fastmmgan-checkpoint", "version": __version__, "step": 0,
+                             "config": cfg.to_dict(), "specs": [s.to_dict() for s in specs], "ema": ema.state_dict()})
+    return out

@@ -16,7 +16,7 @@ from .exporter import (
     nonstandard_ops,
     trace_to_onnx,
 )
-from .metadata import GeneratorMetadata, io_names
+from .metadata import GeneratorMetadata, io_names, tensor_shape
 from .runtime import OnnxGenerator
 
 __all__ = [
@@ -29,5 +29,6 @@ __all__ = [
     "export_generator",
     "io_names",
     "nonstandard_ops",
+    "tensor_shape",
     "trace_to_onnx",
 ]

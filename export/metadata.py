@@ -2,7 +2,9 @@
 
 A served ``.onnx`` file needs nothing else: the modality specs (with the text vocabulary and the audio
 settings), the noise size, the library version and the config hash travel inside it.
-The graph's input and output names follow from the specs (see :func:`io_names`).
+The graph's input and output names follow from the specs (see :func:`io_names`); the graph holds every
+modality's features flat, ``[batch, dim]``, and :func:`tensor_shape` is the per-sample shape the serving
+layouts (Triton's repository, the ``/v2`` routes) declare for them.
 """
 
 from __future__ import annotations
@@ -40,6 +42,13 @@ def io_names(specs: Sequence[ModalitySpec]) -> tuple[list[str], list[str]]:
             )
         seen.add(name)
     return inputs, outputs
+
+
+def tensor_shape(spec: ModalitySpec) -> tuple[int, ...]:
+    """The per-sample shape a server declares for a modality's graph input and output: ``(H, W, 3)`` for an RGB
+    image (its features are the image's pixels in H, W, C order, so only the shape changes), ``(dim,)`` for
+    every other modality, grey images included (flat, as they have always been served)."""
+    return spec.pixel_shape if spec.kind == "image" and spec.channels != 1 else (spec.dim,)
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,9 @@ It is our own code rather than a KServe or Triton server because it is only a sm
 
 The model is the ONNX graph itself, with the tensors ``python -m fastmmgan.export --triton-repo`` declares
 (inputs ``z`` [-1, z_dim], one ``<modality>`` [-1, dim] each, ``mask`` [-1, M]; outputs ``<modality>_out``
-[-1, dim]; all FP32), under the name of the ONNX file's stem (``fastmmgan`` when the stem is no valid name;
-``--model-name`` to choose one) and version ``1``:
+[-1, dim]; all FP32; an RGB image modality's input and output are [-1, H, W, 3] instead, the same values in
+the same order, see :func:`~fastmmgan.export.metadata.tensor_shape`), under the name of the ONNX file's stem
+(``fastmmgan`` when the stem is no valid name; ``--model-name`` to choose one) and version ``1``:
 - ``GET /v2/health/live``, ``GET /v2/health/ready``: ``{"live": true}``, ``{"ready": true}`` (400 with
   ``{"ready": false}`` while the batching worker is not running: OIP says 4xx means false).
 - ``GET /v2``: ``{"name", "version", "extensions": ["binary_tensor_data"]}``.
@@ -62,6 +63,7 @@ from fastmmgan.errors import FastMMGANError
 
 from .batching import MicroBatcher, ServerBusy
 from .http_common import ServeLimits, bad, error_answers, json_body, json_object, one_line, read_body
+from .metadata import tensor_shape
 from .runtime import OnnxGenerator
 from .triton_repo import MODEL_NAME
 
@@ -294,18 +296,21 @@ def _nested(node: list[Any], depth: int, rank: int, flat: list[Any]) -> list[int
     return [len(node)]
 
 
-def tensor_from_request(tensor: InferInputTensor, width: int, raw: bytes | None = None) -> np.ndarray:
-    """One FP32 input ``[rows, width]`` as float32, from its JSON ``data`` or its ``raw`` bytes (binary data, their
-    size already checked against the shape by :func:`binary_inputs`); 400 for a wrong datatype, shape, count or
-    value."""
+def tensor_from_request(tensor: InferInputTensor, shape: tuple[int, ...], raw: bytes | None = None) -> np.ndarray:
+    """One FP32 input ``[rows, *shape]`` (``shape``: the declared per-sample shape, ``(width,)`` or an RGB image's
+    ``(H, W, 3)``) as float32 ``[rows, prod(shape)]``, the graph's layout, from its JSON ``data`` or its ``raw``
+    bytes (binary data, their size already checked against the shape by :func:`binary_inputs`); 400 for a wrong
+    datatype, shape, count or value."""
     where = f"input {tensor.name!r}"
     if tensor.datatype != OIP_DATATYPE:
         raise bad(400, f"{where}: datatype {tensor.datatype!r}, expected {OIP_DATATYPE}")
-    if len(tensor.shape) != 2 or tensor.shape[1] != width:
-        raise bad(400, f"{where}: shape {tensor.shape}, expected [-1, {width}] (rows, {width} values each)")
+    if len(tensor.shape) != 1 + len(shape) or tuple(tensor.shape[1:]) != shape:
+        what = f"{shape[0]} values each" if len(shape) == 1 else "RGB images, channels last"
+        raise bad(400, f"{where}: shape {tensor.shape}, expected [-1, {', '.join(map(str, shape))}] (rows, {what})")
+    flat_shape = (tensor.shape[0], math.prod(shape))
     if raw is not None:
         values = np.frombuffer(raw, WIRE_FP32).astype(np.float32)  # a copy in native order, row-major as sent
-        return _finite(values, where).reshape(tensor.shape)
+        return _finite(values, where).reshape(flat_shape)
     assert tensor.data is not None  # binary_inputs: each input has its data one way
     flat: list[Any] = []
     try:
@@ -314,7 +319,7 @@ def tensor_from_request(tensor: InferInputTensor, width: int, raw: bytes | None 
         raise bad(400, f"{where}: {e}") from None
     if len(nested) > 1 and nested != tensor.shape:
         raise bad(400, f"{where}: nested data of shape {nested} for shape {tensor.shape}")
-    count = tensor.shape[0] * tensor.shape[1]
+    count = math.prod(tensor.shape)
     if len(flat) != count:
         raise bad(400, f"{where}: {len(flat)} values for shape {tensor.shape} ({count} expected)")
     try:
@@ -322,7 +327,7 @@ def tensor_from_request(tensor: InferInputTensor, width: int, raw: bytes | None 
             values = np.array(flat, dtype=np.float64).astype(np.float32)
     except OverflowError:  # an integer beyond float64
         return _finite(np.full(1, np.inf, np.float32), where)
-    return _finite(values, where).reshape(tensor.shape)
+    return _finite(values, where).reshape(flat_shape)
 
 
 def _finite(values: np.ndarray, where: str) -> np.ndarray:
@@ -332,22 +337,24 @@ def _finite(values: np.ndarray, where: str) -> np.ndarray:
 
 
 def inputs_from_request(
-    req: InferRequest, raws: Sequence[bytes | None], input_names: Sequence[str], widths: Sequence[int], max_rows: int
+    req: InferRequest, raws: Sequence[bytes | None], input_names: Sequence[str], shapes: Sequence[tuple[int, ...]],
+    max_rows: int,
 ) -> list[np.ndarray]:
-    """The graph inputs ``[z, x_1..x_M, mask]`` of an infer request, each from its JSON data or from its bytes in
-    ``raws`` (as :func:`parse_infer_request` gives them). ``z`` is required; a missing modality input is zeros
-    (not given), a missing mask marks exactly the modality inputs sent as given; 400 when wrong."""
+    """The graph inputs ``[z, x_1..x_M, mask]`` ([rows, width] each) of an infer request, each from its JSON data
+    or from its bytes in ``raws`` (as :func:`parse_infer_request` gives them), sent in its declared per-sample
+    shape (``shapes``, see :func:`model_metadata`). ``z`` is required; a missing modality input is zeros (not
+    given), a missing mask marks exactly the modality inputs sent as given; 400 when wrong."""
     z_name, *x_names, mask_name = input_names
-    width = dict(zip(input_names, widths, strict=True))
+    shape = dict(zip(input_names, shapes, strict=True))
     sent: dict[str, np.ndarray] = {}
     for tensor, raw in zip(req.inputs, raws, strict=True):
-        if tensor.name not in width:
+        if tensor.name not in shape:
             raise bad(400, f"unknown input {tensor.name!r} (this model's inputs: {', '.join(input_names)})")
         if tensor.name in sent:
             raise bad(400, f"input {tensor.name!r} is sent twice")
-        sent[tensor.name] = tensor_from_request(tensor, width[tensor.name], raw)
+        sent[tensor.name] = tensor_from_request(tensor, shape[tensor.name], raw)
     if z_name not in sent:
-        raise bad(400, f"input {z_name!r} is required: the noise, shape [-1, {width[z_name]}]")
+        raise bad(400, f"input {z_name!r} is required: the noise, shape [-1, {shape[z_name][0]}]")
     rows = len(sent[z_name])
     if any(len(a) != rows for a in sent.values()):
         counts = ", ".join(f"{name} {len(a)}" for name, a in sent.items())
@@ -363,7 +370,7 @@ def inputs_from_request(
             raise bad(400, f"input {mask_name!r} marks {missing[0]!r} as given, but no {missing[0]!r} input was sent")
     else:
         mask = np.repeat(np.array([[name in sent for name in x_names]], np.float32), rows, axis=0)
-    xs = [sent[name] if name in sent else np.zeros((rows, width[name]), np.float32) for name in x_names]
+    xs = [sent[name] if name in sent else np.zeros((rows, math.prod(shape[name])), np.float32) for name in x_names]
     return [sent[z_name], *xs, mask]
 
 
@@ -397,15 +404,16 @@ def outputs_from_request(req: InferRequest, output_names: Sequence[str]) -> list
 
 def infer_answer(
     model_name: str, req: InferRequest, output_names: Sequence[str], outputs: Sequence[np.ndarray],
-    chosen: Sequence[tuple[int, bool]],
+    chosen: Sequence[tuple[int, bool]], shapes: Sequence[tuple[int, ...]] | None = None,
 ) -> tuple[bytes, int | None]:
-    """The answer body and, when it has binary outputs, the length of its JSON part (else None: all JSON). JSON
+    """The answer body and, when it has binary outputs, the length of its JSON part (else None: all JSON). Each
+    graph output [rows, width] is answered in its declared per-sample shape (``shapes``; None: as it is). JSON
     outputs are flat FP32 ``data``, 400 when not finite (strict JSON has no NaN, and only inputs far outside the
     trained range produce them); binary outputs are ``parameters.binary_data_size`` in the JSON and their bytes
     after it."""
     tensors, blobs = [], []
     for i, binary in chosen:
-        out = outputs[i]
+        out = outputs[i] if shapes is None else outputs[i].reshape(len(outputs[i]), *shapes[i])
         tensor: dict[str, Any] = {"name": output_names[i], "datatype": OIP_DATATYPE, "shape": list(out.shape)}
         if binary:
             # Little-endian FP32 in row-major order, appended in the order of the outputs in the JSON.
@@ -452,13 +460,21 @@ def default_model_name(generator: OnnxGenerator) -> str:
     return source.stem
 
 
-def model_metadata(generator: OnnxGenerator, name: str) -> ModelMetadata:
-    """The OIP model metadata: the graph's own tensors, -1 for the batch axis, as Triton reports them."""
+def tensor_shapes(generator: OnnxGenerator) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]]]:
+    """The per-sample shapes of the model's inputs ``[z, x_1..x_M, mask]`` and outputs: the graph's own widths,
+    but ``(H, W, 3)`` for an RGB image modality (:func:`~fastmmgan.export.metadata.tensor_shape`)."""
     specs = generator.modalities
-    in_widths = [generator.z_dim, *(s.dim for s in specs), len(specs)]
+    outputs = [tensor_shape(s) for s in specs]
+    return [(generator.z_dim,), *outputs, (len(specs),)], outputs
+
+
+def model_metadata(generator: OnnxGenerator, name: str) -> ModelMetadata:
+    """The OIP model metadata: the graph's own tensors (an RGB image's as [H, W, 3]), -1 for the batch axis, as
+    Triton reports them for the repository ``--triton-repo`` writes."""
+    in_shapes, out_shapes = tensor_shapes(generator)
     tensors = [
-        [TensorMetadata(name=n, datatype=OIP_DATATYPE, shape=[-1, w]) for n, w in zip(names, widths, strict=True)]
-        for names, widths in ((generator.input_names, in_widths), (generator.output_names, [s.dim for s in specs]))
+        [TensorMetadata(name=n, datatype=OIP_DATATYPE, shape=[-1, *s]) for n, s in zip(names, shapes, strict=True)]
+        for names, shapes in ((generator.input_names, in_shapes), (generator.output_names, out_shapes))
     ]
     return ModelMetadata(name=name, versions=[MODEL_VERSION], platform=PLATFORM, inputs=tensors[0], outputs=tensors[1])
 
@@ -489,9 +505,8 @@ def document_paths(paths: dict[str, Any], model_name: str) -> None:
 def add_routes(app: FastAPI, generator: OnnxGenerator, batcher: MicroBatcher, limits: ServeLimits, served: str) -> None:
     """Register the ``/v2`` routes on ``app``: ``generator`` served as the model ``served``, its infer requests
     run by ``batcher`` within ``limits`` (rows per request, body bytes)."""
-    specs = list(generator.modalities)
     input_names, output_names = list(generator.input_names), list(generator.output_names)
-    in_widths = [generator.z_dim, *(s.dim for s in specs), len(specs)]
+    in_shapes, out_shapes = tensor_shapes(generator)
     metadata_v2 = model_metadata(generator, served)
 
     def check_model(name: str, version: str | None) -> None:
@@ -537,7 +552,7 @@ def add_routes(app: FastAPI, generator: OnnxGenerator, batcher: MicroBatcher, li
 
         def parse() -> tuple[InferRequest, list[np.ndarray], list[tuple[int, bool]]]:  # CPU work: off the event loop
             req, raws = parse_infer_request(body, header_lengths[0] if header_lengths else None)
-            inputs = inputs_from_request(req, raws, input_names, in_widths, limits.max_n)
+            inputs = inputs_from_request(req, raws, input_names, in_shapes, limits.max_n)
             return req, inputs, outputs_from_request(req, output_names)
 
         req, inputs, chosen = await run_in_threadpool(parse)
@@ -545,7 +560,7 @@ def add_routes(app: FastAPI, generator: OnnxGenerator, batcher: MicroBatcher, li
             outputs = await batcher.submit(inputs)
         except ServerBusy as e:
             raise bad(503, str(e)) from None
-        answer, json_length = await run_in_threadpool(infer_answer, served, req, output_names, outputs, chosen)
+        answer, json_length = await run_in_threadpool(infer_answer, served, req, output_names, outputs, chosen, out_shapes)
         if json_length is None:
             return Response(answer, media_type="application/json")
         return Response(answer, media_type=BINARY_MEDIA_TYPE, headers={HEADER_LENGTH: str(json_length)})

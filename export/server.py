@@ -2,12 +2,13 @@
 
 Endpoints:
 - ``GET /health``: ``{"status": "ok", "provider": ..., "queued", "requests", "runs", "rows", "largest_batch"}``.
-- ``GET /metadata``: the modalities (vocabulary, image shape, audio settings, feature sizes), noise size,
+- ``GET /metadata``: the modalities (vocabulary, image shape and channels, audio settings, feature sizes), noise size,
   versions, the execution provider and the server's limits.
 - ``POST /generate`` with a JSON body ``{"n": 4, "given": {"text": ["seven", ...]}, "seed": 1}`` (all optional but
   ``n``; a missing seed is drawn and returned) answers ``{"n", "seed", "outputs": {<modality>: ...}}``: images
-  ``[n, H, W]`` and audio ``[n, T]`` as nested arrays, text as a list of strings. Query options:
-  ``?modality=NAME`` returns that modality only; ``?format=png`` one image modality as a PNG grid;
+  ``[n, H, W]`` (grey) or ``[n, H, W, 3]`` (RGB) and audio ``[n, T]`` as nested arrays, text as a list of strings
+  (given images come in the same forms, or one for every sample). Query options:
+  ``?modality=NAME`` returns that modality only; ``?format=png`` one image modality as a PNG grid ("L" or "RGB");
   ``?format=wav`` one audio modality as a WAV file of the n clips in order, 0.1 s of silence between them.
 - ``GET /openapi.json`` (and ``/docs``): every route's body, query parameters, answers and error answers.
 - ``/v2/...``: the Open Inference Protocol (KServe v2, HTTP/REST) for clients written against NVIDIA Triton
@@ -68,7 +69,8 @@ class GenerateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     n: StrictInt = Field(ge=1, description="samples to generate (at most the server's max_n)")
     given: dict[str, Any] | None = Field(
-        default=None, description="conditions per modality: captions for text, arrays for images and audio"
+        default=None, description="conditions per modality: captions for text, arrays for images ([n, H, W] grey, "
+        "[n, H, W, 3] RGB) and audio"
     )
     seed: Annotated[StrictInt, Field(ge=0, lt=2**64)] | None = Field(
         default=None, description="noise seed; drawn and returned when missing"
@@ -80,7 +82,8 @@ class GenerateResponse(BaseModel):
 
     n: int
     seed: int
-    outputs: dict[str, Any] = Field(description="per modality: images [n, H, W], audio [n, T], text strings")
+    outputs: dict[str, Any] = Field(description="per modality: images [n, H, W] (grey) or [n, H, W, 3] (RGB), "
+                                    "audio [n, T], text strings")
 
 
 class ErrorDetail(BaseModel):

@@ -18,7 +18,8 @@ from .sampler import Sampler, load_generator
 
 def parse_given(items: list[str], specs: tuple[ModalitySpec, ...]) -> dict[str, Any]:
     """``name=value`` pairs -> raw conditions: text is the caption itself, images a picture file
-    (converted to grey, resized to the model's size) or .npy, audio a WAV file at the model's rate or .npy."""
+    (converted to grey or RGB as the model's images are, resized to the model's size) or .npy, audio a WAV
+    file at the model's rate or .npy."""
     by_name = {s.name: s for s in specs}
     given: dict[str, Any] = {}
     for item in items:
@@ -45,12 +46,14 @@ def _load_condition(spec: ModalitySpec, path: Path) -> np.ndarray:
         except Exception as e:  # noqa: BLE001 - see the docstring
             raise FastMMGANError(f"--given {spec.name}: cannot read {path} as .npy: {first_line(e)}") from None
     if spec.kind == "image":
+        # Pillow's BILINEAR widens its kernel by the downscale factor, so shrinking a photo averages the pixels
+        # (antialiased) rather than sampling them.
         try:
             with Image.open(path) as img:
-                grey = img.convert("L").resize(spec.image_shape[::-1], Image.BILINEAR)
+                picture = img.convert("L" if spec.channels == 1 else "RGB").resize(spec.image_shape[::-1], Image.BILINEAR)
         except Exception as e:  # noqa: BLE001 - see the docstring
             raise FastMMGANError(f"--given {spec.name}: cannot read {path} as an image: {first_line(e)}") from None
-        return np.asarray(grey, dtype=np.float32) / 255.0
+        return np.asarray(picture, dtype=np.float32) / 255.0
     try:
         wave, _ = read_wav(path, sample_rate=spec.sample_rate)
     except Exception as e:  # noqa: BLE001 - see the docstring
@@ -59,7 +62,8 @@ def _load_condition(spec: ModalitySpec, path: Path) -> np.ndarray:
 
 
 def write_outputs(sampler: Sampler, result: dict[str, Any], out: Path) -> list[Path]:
-    """One file per modality in ``result``: ``<name>.png`` grid, ``<name>.wav`` (clips separated by silence), ``<name>.txt``."""
+    """One file per modality in ``result``: ``<name>.png`` grid (grey or RGB as the model's images are),
+    ``<name>.wav`` (clips separated by silence), ``<name>.txt``."""
     written = []
     for spec in sampler.modalities:
         if spec.name not in result:

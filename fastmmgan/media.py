@@ -18,16 +18,20 @@ from .checkpoint import atomic_write_bytes
 
 
 def image_grid(images: np.ndarray, rows: int | None = None, scale: int = 4, pad: int = 1) -> Image.Image:
-    """Tile grey images [n, H, W] in [0, 1] into one picture, ``rows`` x ceil(n/rows), upscaled by ``scale``."""
-    n, h, w = images.shape
+    """Tile images in [0, 1], grey [n, H, W] or RGB [n, H, W, 3], into one picture ("L" or "RGB"), ``rows`` x
+    ceil(n/rows) on a mid-grey background, upscaled by ``scale``."""
+    if images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[3] != 3):
+        raise ValueError(f"expected grey images [n, H, W] or RGB images [n, H, W, 3], got shape {list(images.shape)}")
+    n, h, w = images.shape[:3]
     rows = rows or int(np.ceil(np.sqrt(n)))
     cols = int(np.ceil(n / rows))
-    grid = np.ones((rows * (h + pad) + pad, cols * (w + pad) + pad), dtype=np.float32) * 0.5
+    grid = np.ones((rows * (h + pad) + pad, cols * (w + pad) + pad, *images.shape[3:]), dtype=np.float32) * 0.5
     for i, img in enumerate(images):
         r, c = divmod(i, cols)
         grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = img
     pixels = (np.clip(grid, 0, 1) * 255).round().astype(np.uint8)
-    return Image.fromarray(pixels, mode="L").resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
+    mode = "L" if images.ndim == 3 else "RGB"
+    return Image.fromarray(pixels, mode=mode).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
 
 
 def save_png(path: str | Path, image: Image.Image) -> Path:

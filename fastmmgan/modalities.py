@@ -1,7 +1,8 @@
 """Modality specs and their codecs: raw data a person has <-> fixed-size feature vectors in [0, 1].
 
 Every modality's features live in [0, 1] so every generator head is a sigmoid:
-- image: pixels of an ``[H, W]`` grey image, flattened;
+- image: pixels of an ``[H, W]`` grey image, or of an ``[H, W, 3]`` RGB one (``channels=3``), flattened in
+  H, W, C order (channels interleaved, as PIL and numpy hold RGB);
 - text: a bag of words (1 where a vocabulary word occurs), decoded as the words scoring > 0.5 in vocabulary order;
 - audio: a log-magnitude spectrogram of a fixed-length clip above a noise floor (log1p|STFT| below
   0.7, about -50 dB of full scale, reads as 0), decoded to a waveform by fast Griffin-Lim.
@@ -41,6 +42,8 @@ class ModalitySpec:
     n_fft: int = 256
     hop: int = 128
     n_bins: int | None = None
+    channels: int = 1
+    """Colour channels of an image modality: 1 grey, 3 RGB (any other kind has 1)."""
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -63,6 +66,10 @@ class ModalitySpec:
             problems.append("name must be a non-empty string")
         if self.image_shape is not None and (len(self.image_shape) != 2 or not all(count(v) for v in self.image_shape)):
             problems.append(f"image_shape must be two positive integers, got {self.image_shape!r:.40}")
+        if isinstance(self.channels, bool) or not isinstance(self.channels, int) or self.channels not in (1, 3):
+            problems.append(f"channels must be 1 (grey) or 3 (RGB), got {self.channels!r:.20}")
+        elif self.channels != 1 and self.kind != "image":
+            problems.append(f"channels {self.channels} is for image modalities only ({self.kind} has 1)")
         if self.vocab is not None and not (self.vocab and all(isinstance(w, str) and w for w in self.vocab)):
             problems.append("vocab must be a non-empty list of non-empty words")
         for attr in ("sample_rate", "clip_samples"):
@@ -86,17 +93,27 @@ class ModalitySpec:
         return self.n_bins or self.n_fft // 2 + 1
 
     @property
+    def pixel_shape(self) -> tuple[int, ...]:
+        """Shape of one decoded image: ``(H, W)`` grey, ``(H, W, 3)`` RGB (image modalities only)."""
+        h, w = self.image_shape
+        return (h, w) if self.channels == 1 else (h, w, self.channels)
+
+    @property
     def dim(self) -> int:
         """Feature size of this modality."""
         if self.kind == "image":
-            return self.image_shape[0] * self.image_shape[1]
+            return self.image_shape[0] * self.image_shape[1] * self.channels
         if self.kind == "text":
             return len(self.vocab)
         return self.frames * self.bins
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields (those that are None left out; ``channels`` only when not 1, so a grey spec's dict
+        is what it was before colour existed)."""
         d = asdict(self)
         d.pop("extra")
+        if d["channels"] == 1:
+            d.pop("channels")
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items() if v is not None}
 
     @classmethod
@@ -116,11 +133,13 @@ class ModalitySpec:
             raise FastMMGANError(f"not a modality spec: {e}") from None
 
     def encode(self, raw: Any) -> torch.Tensor:
-        """Raw data for n samples -> features [n, dim] float32 in [0, 1]."""
+        """Raw data for n samples -> features [n, dim] float32 in [0, 1]: images [n, H, W] (grey) or
+        [n, H, W, 3] (RGB) in [0, 1], or one image without the n axis; waveforms [n, T]; a list of strings."""
         return {"image": _encode_image, "text": _encode_text, "audio": _encode_audio}[self.kind](self, raw)
 
     def decode(self, features: torch.Tensor) -> Any:
-        """Features [n, dim] -> raw data (images [n,H,W] / waveforms [n,T] float32 arrays, or a list of strings)."""
+        """Features [n, dim] -> raw data: images float32 [n, H, W] (grey) or [n, H, W, 3] (RGB) in [0, 1],
+        waveforms float32 [n, T], or a list of strings."""
         return {"image": _decode_image, "text": _decode_text, "audio": _decode_audio}[self.kind](self, features)
 
 
@@ -138,19 +157,24 @@ def _as_float_array(spec: ModalitySpec, raw: Any, ndim: int, what: str) -> np.nd
     return arr
 
 
+def image_layout(spec: ModalitySpec) -> str:
+    """The shape an image modality's raw images have, for messages: ``[n, 8, 8] (grey)``, ``[n, 8, 8, 3] (RGB)``."""
+    return f"[n, {', '.join(map(str, spec.pixel_shape))}] ({'grey' if spec.channels == 1 else 'RGB, channels last'})"
+
+
 def _encode_image(spec: ModalitySpec, raw: Any) -> torch.Tensor:
-    h, w = spec.image_shape
-    arr = _as_float_array(spec, raw, 3, f"images [n, {h}, {w}] in [0, 1]")
-    if arr.shape[1:] != (h, w):
-        raise FastMMGANError(f"modality {spec.name!r}: expected images of shape [n, {h}, {w}], got {list(arr.shape)}")
+    shape = spec.pixel_shape
+    arr = _as_float_array(spec, raw, len(shape) + 1, f"images {image_layout(spec)} in [0, 1]")
+    if arr.shape[1:] != shape:
+        given = list(arr.shape[1:] if np.ndim(raw) == len(shape) else arr.shape)  # as given: no added n axis
+        raise FastMMGANError(f"modality {spec.name!r}: expected images of shape {image_layout(spec)}, got {given}")
     if arr.size and (arr.min() < 0.0 or arr.max() > 1.0):
         raise FastMMGANError(f"modality {spec.name!r}: image values must be in [0, 1], got [{arr.min():.3g}, {arr.max():.3g}]")
-    return torch.from_numpy(arr.reshape(len(arr), h * w).copy())
+    return torch.from_numpy(arr.reshape(len(arr), spec.dim).copy())
 
 
 def _decode_image(spec: ModalitySpec, features: torch.Tensor) -> np.ndarray:
-    h, w = spec.image_shape
-    return features.detach().float().clamp(0, 1).cpu().numpy().reshape(-1, h, w)
+    return features.detach().float().clamp(0, 1).cpu().numpy().reshape(-1, *spec.pixel_shape)
 
 
 def tokenize(text: str) -> list[str]:

@@ -16,7 +16,7 @@ import torch
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
 from .errors import FastMMGANError
-from .modalities import ModalitySpec
+from .modalities import ModalitySpec, image_layout
 from .models import Generator
 
 
@@ -49,7 +49,10 @@ def _broadcast(spec: ModalitySpec, value: Any, n: int) -> Any:
         arr = np.asarray(value, dtype=np.float32)
     except (TypeError, ValueError):
         raise FastMMGANError(f"given {spec.name!r}: expected an array of numbers") from None
-    item_ndim = 2 if spec.kind == "image" else 1
+    item_ndim = _item_ndim(spec)
+    if spec.kind == "image" and (arr.ndim not in (item_ndim, item_ndim + 1) or arr.shape[-item_ndim:] != spec.pixel_shape):
+        raise FastMMGANError(f"given {spec.name!r}: expected images of shape {image_layout(spec)} or one image "
+                             f"without the n axis, got shape {list(arr.shape)}")
     if arr.ndim == item_ndim:
         arr = np.broadcast_to(arr, (n, *arr.shape))
     if arr.ndim != item_ndim + 1:
@@ -62,6 +65,11 @@ def _broadcast(spec: ModalitySpec, value: Any, n: int) -> Any:
         out[:, :k] = arr[:, :k]
         arr = out
     return np.ascontiguousarray(arr)
+
+
+def _item_ndim(spec: ModalitySpec) -> int:
+    """Dimensions of one raw sample that is an array: an image [H, W] or [H, W, 3], a clip [T]."""
+    return len(spec.pixel_shape) if spec.kind == "image" else 1
 
 
 def encode_conditions(
@@ -90,9 +98,10 @@ def encode_conditions(
 
 def batch_size_of(specs: Sequence[ModalitySpec], given: Mapping[str, Any]) -> int:
     """How many samples ``given`` holds (raw values as :meth:`Sampler.sample` takes them): a list of captions,
-    images [n, H, W] or clips [n, T] count n, a single caption, image [H, W] or clip [T] counts 1.
-    Modalities that disagree are an error."""
+    images [n, H, W] (grey) or [n, H, W, 3] (RGB) or clips [n, T] count n, a single caption, image [H, W] or
+    [H, W, 3] or clip [T] counts 1. Modalities that disagree are an error."""
     kinds = {s.name: s.kind for s in specs}
+    by_name = {s.name: s for s in specs}
     counts = {}
     for name, value in given.items():
         if name not in kinds:
@@ -101,7 +110,7 @@ def batch_size_of(specs: Sequence[ModalitySpec], given: Mapping[str, Any]) -> in
             counts[name] = 1 if isinstance(value, str) else len(value) if isinstance(value, Sequence) else 0
         else:
             arr = np.asarray(value) if not isinstance(value, torch.Tensor) else value
-            single = 2 if kinds[name] == "image" else 1
+            single = _item_ndim(by_name[name])
             counts[name] = 1 if arr.ndim == single else len(arr) if arr.ndim == single + 1 else 0
         if counts[name] == 0:
             raise FastMMGANError(f"given {name!r}: expected one {kinds[name]} or a batch of them")
@@ -200,9 +209,9 @@ class Sampler:
     def encode(self, given: Mapping[str, Any], sample: bool = False, seed: int | None = None) -> torch.Tensor:
         """The latents of real samples: float32 [n, z_dim] on the CPU, to pass to :meth:`sample` as ``z``.
 
-        ``given`` maps modality names to raw values as :meth:`sample` takes them (n captions, images [n,H,W],
-        clips [n,T]; any subset of the modalities, the rest counts as absent). Returns the encoder's posterior
-        mean, or with ``sample=True`` a draw from the posterior (seeded by ``seed``). Decoding the latents
+        ``given`` maps modality names to raw values as :meth:`sample` takes them (n captions, images [n,H,W]
+        or [n,H,W,3], clips [n,T]; any subset of the modalities, the rest counts as absent). Returns the
+        encoder's posterior mean, or with ``sample=True`` a draw from the posterior (seeded by ``seed``). Decoding the latents
         under some of the same conditions (``sample(n, {"text": captions}, z=latents)``) rebuilds the others
         as the encoder saw them; mixing latents of two samples interpolates their style.
         """
@@ -229,10 +238,11 @@ class Sampler:
         modalities: str | Sequence[str] | None = None,
         z: Any = None,
     ) -> dict[str, Any]:
-        """n samples of every modality (or of those named in ``modalities``): images [n,H,W] float32 in [0,1],
-        audio [n,T] float32 in [-1,1], text a list of n strings. ``given`` maps modality names to raw
-        conditions; same seed, same output. ``z`` ([n, z_dim] or one [z_dim] for every sample, e.g. from
-        :meth:`encode`) replaces the noise drawn from ``seed``."""
+        """n samples of every modality (or of those named in ``modalities``): images float32 in [0,1], [n,H,W]
+        grey or [n,H,W,3] RGB, audio [n,T] float32 in [-1,1], text a list of n strings. ``given`` maps modality
+        names to raw conditions in the same forms (or one item for every sample); same seed, same output.
+        ``z`` ([n, z_dim] or one [z_dim] for every sample, e.g. from :meth:`encode`) replaces the noise drawn
+        from ``seed``."""
         wanted_modalities(self.modalities, modalities)  # a bad name fails before the generator runs
         feats, raw = self.sample_features(n, given, seed, z)
         return decode_outputs(self.modalities, feats, raw, modalities)

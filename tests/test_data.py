@@ -92,6 +92,75 @@ def test_spec_round_trips_through_dict():
         ModalitySpec("v", "video")
 
 
+def red_left_blue_right(h=4, w=6):
+    """An RGB image [h, w, 3]: pure red on the left half, pure blue on the right half."""
+    img = np.zeros((h, w, 3), np.float32)
+    img[:, : w // 2, 0] = 1.0
+    img[:, w // 2 :, 2] = 1.0
+    return img
+
+
+def test_colour_image_codec_keeps_every_pixels_colour():
+    """Features of an RGB image are its pixels in H, W, C order; decode gives them back exactly."""
+    spec = ModalitySpec("photo", "image", image_shape=(4, 6), channels=3)
+    assert spec.dim == 72 and spec.pixel_shape == (4, 6, 3)
+    img = red_left_blue_right()
+    rng = np.random.default_rng(0)
+    noisy = rng.random((2, 4, 6, 3), dtype=np.float32)
+    feats = spec.encode(np.stack([img, *noisy]))
+    assert feats.shape == (3, 72) and feats.dtype == torch.float32
+    assert feats[0, :3].tolist() == [1.0, 0.0, 0.0]  # pixel (0, 0): red
+    assert feats[0, 5 * 3 : 6 * 3].tolist() == [0.0, 0.0, 1.0]  # pixel (0, 5): blue
+    assert torch.equal(feats[1], torch.from_numpy(noisy[0].reshape(-1)))
+    out = spec.decode(feats)
+    assert out.shape == (3, 4, 6, 3) and out.dtype == np.float32
+    assert np.array_equal(out[0], img) and np.array_equal(out[1:], noisy)
+    assert torch.equal(spec.encode(img), feats[:1])  # one image without the n axis
+
+
+def test_grey_images_keep_their_features_and_dict():
+    """A grey spec's dict (saved in checkpoints and ONNX metadata) has no 'channels' and reads as before."""
+    image = digits_specs()[0]
+    assert image.to_dict() == {"name": "image", "kind": "image", "image_shape": [8, 8], "n_fft": 256, "hop": 128}
+    assert image.channels == 1 and image.dim == 64
+    grey = np.random.default_rng(0).random((2, 8, 8), dtype=np.float32)
+    assert torch.equal(image.encode(grey), torch.from_numpy(grey.reshape(2, 64)))
+    assert image.decode(image.encode(grey)).shape == (2, 8, 8)
+
+
+def test_colour_spec_round_trips_through_dict():
+    spec = ModalitySpec("photo", "image", image_shape=(4, 6), channels=3)
+    d = spec.to_dict()
+    assert d["channels"] == 3 and d["image_shape"] == [4, 6]
+    again = ModalitySpec.from_dict(d)
+    assert again == spec and again.channels == 3 and again.dim == 72
+    assert ModalitySpec.from_dict({**d, "channels": 1}) != spec
+
+
+@pytest.mark.parametrize("make", [
+    lambda: ModalitySpec("photo", "image", image_shape=(4, 6), channels=2),
+    lambda: ModalitySpec.from_dict({"name": "photo", "kind": "image", "image_shape": [4, 6], "channels": 2}),
+])
+def test_channels_other_than_grey_or_rgb_are_refused(make):
+    with pytest.raises(FastMMGANError, match=r"^modality 'photo': channels must be 1 \(grey\) or 3 \(RGB\), got 2$"):
+        make()
+
+
+def test_only_images_have_colour_channels():
+    with pytest.raises(FastMMGANError, match="channels 3 is for image modalities only"):
+        ModalitySpec.from_dict({"name": "caption", "kind": "text", "vocab": ["a"], "channels": 3})
+
+
+def test_the_wrong_number_of_channels_names_the_expected_shape():
+    colour = ModalitySpec("photo", "image", image_shape=(4, 6), channels=3)
+    with pytest.raises(FastMMGANError, match=r"expected images of shape \[n, 4, 6, 3\] \(RGB, channels last\), got \[2, 4, 6\]$"):
+        colour.encode(np.zeros((2, 4, 6)))
+    with pytest.raises(FastMMGANError, match=r"expected images of shape \[n, 4, 6, 3\].*got \[2, 4, 6, 4\]$"):
+        colour.encode(np.zeros((2, 4, 6, 4)))
+    with pytest.raises(FastMMGANError, match=r"expected images \[n, 8, 8\] \(grey\)"):
+        digits_specs()[0].encode(np.zeros((2, 8, 8, 3)))
+
+
 def _write_npz(path, **arrays):
     np.savez(path, **arrays)
     return path

@@ -2,6 +2,7 @@
 
 import contextlib
 import io
+import json
 import logging
 
 import numpy as np
@@ -28,7 +29,7 @@ from fastmmgan.export import __main__ as export_cli
 from fastmmgan.export.exporter import mask_patterns
 from fastmmgan.export.runtime import CPU_PROVIDER, cuda_device_count, session_options
 from fastmmgan.modalities import ModalitySpec
-from fastmmgan.sampler import generator_from_state
+from fastmmgan.sampler import batch_size_of, generator_from_state
 
 ATOL, RTOL = TOLERANCES["fp32"]
 AUDIO_ATOL = 1e-3
@@ -312,3 +313,95 @@ def test_cli_errors(run_dir, tmp_path, capsys):
     corrupt = tmp_path / "bad.pt"
     corrupt.write_bytes(b"garbage")
     assert "not a readable fastmmgan checkpoint" in _cli_error([str(corrupt), "--out", out], capsys)
+
+
+# RGB images: a model whose image modality has channels=3 (tiny_colour_run: photo [4, 6, 3], caption).
+
+
+def red_left_blue_right(h=4, w=6):
+    img = np.zeros((h, w, 3), np.float32)
+    img[:, : w // 2, 0] = 1.0
+    img[:, w // 2 :, 2] = 1.0
+    return img
+
+
+@pytest.fixture(scope="module")
+def colour_export(tiny_colour_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("colour")
+    return export_generator(tiny_colour_run, out / "colour.onnx", triton_repo=out / "triton")
+
+
+def test_colour_model_samples_rgb_images_and_onnx_agrees(tiny_colour_run, colour_export):
+    """The PyTorch sampler and the exported model give the same [n, H, W, 3] images, from noise or a caption."""
+    sampler = fastmmgan.load_generator(tiny_colour_run)
+    onnx_rgb = OnnxGenerator(colour_export.path, device="cpu")
+    assert onnx_rgb.modalities == sampler.modalities and onnx_rgb.modalities[0].channels == 3
+    for given in (None, {"caption": ["red left", "blue right", "red", "left", "right"]}):
+        out_pt, out_ox = sampler.sample(5, given, seed=4), onnx_rgb.sample(5, given, seed=4)
+        assert out_pt["photo"].shape == out_ox["photo"].shape == (5, 4, 6, 3) and out_ox["photo"].dtype == np.float32
+        np.testing.assert_allclose(out_ox["photo"], out_pt["photo"], atol=1e-5)
+        feats, _ = sampler.sample_features(5, given, seed=4)
+        assert np.array_equal(out_pt["photo"], feats[0].numpy().reshape(5, 4, 6, 3))  # H, W, C order
+        assert out_pt["photo"].std() > 0.01  # not one flat colour: the comparison says something
+
+
+def test_a_given_rgb_image_conditions_both_samplers_alike(tiny_colour_run, colour_export):
+    """One [H, W, 3] image counts as one sample and conditions every row; [n, H, W, 3] counts n."""
+    sampler = fastmmgan.load_generator(tiny_colour_run)
+    onnx_rgb = OnnxGenerator(colour_export.path, device="cpu")
+    img = red_left_blue_right()
+    assert batch_size_of(sampler.modalities, {"photo": img}) == 1
+    assert batch_size_of(sampler.modalities, {"photo": np.stack([img] * 3)}) == 3
+    out_pt = sampler.sample(3, {"photo": img}, seed=2)
+    out_ox = onnx_rgb.sample(3, {"photo": img}, seed=2)
+    assert out_pt["photo"].shape == (3, 4, 6, 3) and all(np.array_equal(p, img) for p in out_pt["photo"])
+    feats_pt, _ = sampler.sample_features(3, {"photo": img}, seed=2)
+    feats_ox, _ = onnx_rgb.sample_features(3, {"photo": img}, seed=2)
+    torch.testing.assert_close(feats_ox[1], feats_pt[1], atol=ATOL, rtol=RTOL)
+    assert out_ox["caption"] == out_pt["caption"]
+    with pytest.raises(FastMMGANError, match=r"expected images of shape \[n, 4, 6, 3\]"):
+        sampler.sample(2, {"photo": np.zeros((2, 4, 6))})
+
+
+def test_colour_metadata_records_the_channels_and_grey_metadata_does_not(colour_export, exported):
+    model = onnx.load(colour_export.path)
+    props = {p.key: p.value for p in model.metadata_props}
+    assert json.loads(props["fastmmgan.modalities"])[0] == {
+        "name": "photo", "kind": "image", "image_shape": [4, 6], "n_fft": 256, "hop": 128, "channels": 3}
+    assert GeneratorMetadata.from_props(props).specs[0].channels == 3
+    grey = {p.key: p.value for p in onnx.load(exported[0]).metadata_props}
+    assert "channels" not in grey["fastmmgan.modalities"]
+    damaged = props["fastmmgan.modalities"].replace('"channels": 3', '"channels": 2')
+    with pytest.raises(FastMMGANError, match=r"channels must be 1 \(grey\) or 3 \(RGB\), got 2"):
+        GeneratorMetadata.from_props({**props, "fastmmgan.modalities": damaged})
+
+
+def test_triton_config_declares_rgb_images_as_h_w_3_reshaped_to_the_graphs_features(colour_export, exported):
+    config = (colour_export.triton_model / "config.pbtxt").read_text()
+    for name in ("photo", "photo_out"):
+        assert (f'name: "{name}"\n    data_type: TYPE_FP32\n    dims: [ 4, 6, 3 ]\n    reshape: {{ shape: [ 72 ] }}\n  }}'
+                in config)
+    assert 'name: "caption"\n    data_type: TYPE_FP32\n    dims: [ 4 ]\n  }' in config
+    assert config.count("reshape") == 2
+    assert "reshape" not in (exported[1] / "gen" / "config.pbtxt").read_text()  # grey: the graph's own dims
+
+
+def test_encoding_rgb_images_gives_one_latent_per_image(tiny_colour_run):
+    """Sampler.encode takes one [H, W, 3] image or a batch [n, H, W, 3], as the image's H, W, C features."""
+    from dataclasses import replace
+
+    from fastmmgan.models import Generator
+    from fastmmgan.sampler import Sampler
+
+    specs = fastmmgan.load_generator(tiny_colour_run).modalities
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        sampler = Sampler(Generator.from_config(specs, replace(TINY, recon_weight=1.0)))
+    img = red_left_blue_right()
+    batch = np.stack([img, img[::-1], img[:, ::-1]])
+    z = sampler.encode({"photo": batch})
+    assert z.shape == (3, TINY.z_dim) and sampler.encode({"photo": img}).shape == (1, TINY.z_dim)
+    features = torch.from_numpy(batch.reshape(3, -1).copy())
+    mu, _ = sampler.posterior([features, torch.zeros(3, specs[1].dim)], torch.tensor([[True, False]] * 3))
+    torch.testing.assert_close(z, mu, rtol=0, atol=0)
+    assert not torch.equal(z[0], z[2])  # the mirrored image is another sample

@@ -1,4 +1,5 @@
-"""Reading WAV conditions: the formats audio tools export, mixed down and resampled, and clear errors."""
+"""Reading WAV conditions: the formats audio tools export, mixed down and resampled, and clear errors; image grids,
+sample sheets and picture conditions, grey and RGB."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import wave
 
 import numpy as np
 import pytest
+from PIL import Image
 from scipy.io import wavfile
 
-from fastmmgan.media import read_wav, wav_bytes
+from fastmmgan.media import image_grid, read_wav, wav_bytes
 
 RATE = 16000
 
@@ -91,3 +93,88 @@ def test_generate_takes_a_24_bit_stereo_wav_at_another_rate(tiny_run, tmp_path, 
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2 and "\n" not in err
     assert err.startswith(f"error: --given audio: cannot read {broken} as a WAV file: not a readable WAV file")
+
+
+def red_left_blue_right(n=1, h=4, w=6):
+    """n RGB images [n, h, w, 3]: pure red on the left half, pure blue on the right half."""
+    img = np.zeros((n, h, w, 3), np.float32)
+    img[:, :, : w // 2, 0] = 1.0
+    img[:, :, w // 2 :, 2] = 1.0
+    return img
+
+
+def test_image_grid_tiles_rgb_images_with_their_colours():
+    """Two [4, 6, 3] images side by side, scale 2, one pixel of mid-grey between and around them."""
+    grid = image_grid(red_left_blue_right(2), rows=1, scale=2, pad=1)
+    assert grid.mode == "RGB" and grid.size == ((2 * (6 + 1) + 1) * 2, (4 + 1 + 1) * 2)
+    px = np.asarray(grid)
+    red, blue, grey = [255, 0, 0], [0, 0, 255], [128, 128, 128]
+    for left in (1, 1 + 6 + 1):  # each image's first column, in grid pixels before scaling
+        for row in range(1, 5):
+            assert px[2 * row, 2 * left].tolist() == red and px[2 * row + 1, 2 * (left + 2) + 1].tolist() == red
+            assert px[2 * row, 2 * (left + 3)].tolist() == blue and px[2 * row, 2 * (left + 5) + 1].tolist() == blue
+    assert px[0, 0].tolist() == grey and px[2, 2 * 7].tolist() == grey and px[-1, -1].tolist() == grey
+
+
+def test_image_grid_of_grey_images_is_mode_l_on_the_same_grey():
+    images = np.zeros((2, 4, 6), np.float32)
+    images[0, 0, 0] = 1.0
+    grid = image_grid(images, rows=1, scale=1, pad=1)
+    assert grid.mode == "L" and grid.size == (15, 6)
+    px = np.asarray(grid)
+    assert px[1, 1] == 255 and px[1, 2] == 0 and px[0, 0] == 128 and px[1, 7] == 128
+    with pytest.raises(ValueError, match=r"\[n, H, W, 3\], got shape \[2, 4, 6, 4\]"):
+        image_grid(np.zeros((2, 4, 6, 4), np.float32))
+
+
+def test_sample_sheets_of_a_colour_model_are_rgb(tiny_colour_run, tmp_path):
+    """write_samples' image sheets: RGB PNGs of the generator's own images."""
+    import torch
+
+    from fastmmgan.data import MultimodalDataset
+    from fastmmgan.sample_grids import PER_CONDITION, write_samples
+    from fastmmgan.sampler import load_generator
+
+    generator = load_generator(tiny_colour_run).generator
+    photo, caption = generator.specs
+    rng = torch.Generator().manual_seed(0)
+    ds = MultimodalDataset(generator.specs, (torch.rand(3, photo.dim, generator=rng), caption.encode(["red"] * 3)),
+                           torch.ones(3, 2, dtype=torch.bool))
+    written = {p.name for p in write_samples(generator, ds, tmp_path, seed=0)}
+    assert written == {"noise_to_photo", "noise_to_caption", "photo_to_caption", "caption_to_photo"}
+    sheet = Image.open(tmp_path / "noise_to_photo.png")
+    n = len(ds) * PER_CONDITION  # one row per example condition (3, no labels), PER_CONDITION samples each
+    z = torch.randn(n, generator.z_dim, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        feats = generator(z, [torch.zeros(n, s.dim) for s in generator.specs], torch.zeros(n, 2, dtype=torch.bool))[0]
+    expected = image_grid(photo.decode(feats), rows=PER_CONDITION)
+    assert sheet.mode == "RGB" and np.array_equal(np.asarray(sheet), np.asarray(expected))
+    assert Image.open(tmp_path / "caption_to_photo.png").mode == "RGB"
+
+
+def _save_png(path, pixels):
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def test_generate_reads_a_colour_photo_and_writes_an_rgb_grid(tiny_colour_run, tmp_path):
+    """``--given photo=file.png`` for an RGB model: read as RGB, shrunk to [4, 6] with averaging; the written
+    photo.png (the condition, given back) has its colours where they were."""
+    from fastmmgan import generate
+    from fastmmgan.sampler import load_generator
+
+    spec = load_generator(tiny_colour_run).modalities[0]
+    big = (red_left_blue_right(h=40, w=60)[0] * 255).astype(np.uint8)
+    photo = generate.parse_given([f"photo={_save_png(tmp_path / 'photo.png', big)}"], (spec,))["photo"]
+    assert photo.shape == (4, 6, 3) and photo.dtype == np.float32
+    assert np.array_equal(photo[:, 0], [[1.0, 0.0, 0.0]] * 4) and np.array_equal(photo[:, -1], [[0.0, 0.0, 1.0]] * 4)
+    checks = (np.indices((40, 60)).sum(axis=0) % 2 * 255).astype(np.uint8)  # one-pixel checks: averaging gives grey
+    grey = generate.parse_given([f"photo={_save_png(tmp_path / 'checks.png', checks)}"], (spec,))["photo"]
+    assert grey.shape == (4, 6, 3) and np.abs(grey - 0.5).max() < 0.01
+    out = tmp_path / "out"
+    assert generate.main([str(tiny_colour_run), "--n", "2", "--given", f"photo={tmp_path / 'photo.png'}",
+                          "--out", str(out)]) == 0
+    written = Image.open(out / "photo.png")
+    assert written.mode == "RGB" and np.array_equal(np.asarray(written), np.asarray(image_grid(np.stack([photo, photo]))))
+    assert np.asarray(written)[4, 4].tolist() == [255, 0, 0] and np.asarray(written)[4, 4 * 6].tolist() == [0, 0, 255]
+    assert (out / "caption.txt").is_file()

@@ -5,13 +5,14 @@ import json
 import pytest
 import torch
 
-from fastmmgan import evaluate
+from fastmmgan import evaluate, evaluator_nets
 from fastmmgan.cli import run_cli
 from fastmmgan.data import MultimodalDataset, load_dataset
 from fastmmgan.errors import FastMMGANError
 from fastmmgan.evaluator import Evaluator, missing_classes
-from fastmmgan.evaluator_nets import load_or_train_evaluators
+from fastmmgan.evaluator_nets import cache_key, load_or_train_evaluators
 from fastmmgan.metrics import frechet_distance, precision_recall
+from fastmmgan.modalities import ModalitySpec
 from fastmmgan.models import Generator
 from fastmmgan.sampler import draw_noise, encode_conditions, load_generator
 from fastmmgan.sampler_protocol import MultimodalSampler
@@ -334,3 +335,26 @@ def test_cli_bad_input_is_one_line_and_exit_2(tiny_run, capsys, argv, message):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+def test_rgb_images_are_scored_like_grey_ones(data, tmp_path, monkeypatch):
+    """The evaluators work on flat features, so RGB images ([8, 8, 3] here: the digits tinted) get the same
+    metrics as grey ones: real data scores near the floor, an untrained generator far from it, and the cached
+    evaluators (keyed apart from the grey ones) load for the RGB spec without retraining."""
+    rgb_spec = ModalitySpec("image", "image", image_shape=(8, 8), channels=3)
+
+    def tinted(ds):
+        grey = ds.features[0].view(-1, 8, 8)
+        rgb = torch.stack([grey, grey**2, 1 - grey], dim=-1).reshape(len(grey), -1)
+        return MultimodalDataset((rgb_spec, *ds.specs[1:]), (rgb, *ds.features[1:]), ds.mask, ds.labels)
+
+    train, test = tinted(data[0]), tinted(data[1])
+    assert cache_key(train, 0) != cache_key(data[0], 0)
+    load_or_train_evaluators(train, tmp_path / "evaluators.pt", seed=0)
+    monkeypatch.setattr(evaluator_nets, "train_evaluators", lambda *args: pytest.fail("the cache was not used"))
+    evaluator = Evaluator.build(train, test, cache_path=tmp_path / "evaluators.pt", seed=0)
+    scores = evaluator.evaluate(RealData(test, train), n=200, seed=0)
+    assert scores["acc/text_to_image"] > 0.9 and scores["acc/image_to_text"] > 0.9
+    assert scores["fid"] < 1.5 * scores["fid_floor"] and scores["recall"] > 0.8
+    untrained = evaluator.evaluate(Generator(train.specs, z_dim=8, width=32, depth=1), n=200, seed=0)
+    assert untrained["acc/text_to_image"] < 0.5 and untrained["fid"] > 5 * untrained["fid_floor"]

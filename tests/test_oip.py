@@ -495,3 +495,68 @@ def test_model_name_flag_and_default(generator, exported, capsys):
         err = capsys.readouterr().err.strip()
         assert exit_info.value.code == 2 and "\n" not in err
         assert err == f"error: model name {bad!r}: use letters, digits, '_', '.' or '-', starting with a letter or digit"
+
+
+# An RGB image model (tiny_colour_run: photo [4, 6, 3], caption): its image tensors are [-1, 4, 6, 3].
+
+
+@pytest.fixture(scope="module")
+def colour_exported(tiny_colour_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("oip_colour")
+    return export_generator(tiny_colour_run, out / "colour.onnx", triton_repo=out / "repo")
+
+
+@pytest.fixture(scope="module")
+def colour_generator(colour_exported):
+    return OnnxGenerator(colour_exported.path, device="cpu")
+
+
+def test_colour_model_metadata_declares_images_like_the_triton_repository(colour_generator, colour_exported):
+    with TestClient(create_app(colour_generator)) as http:
+        meta = http.get("/v2/models/colour").json()
+    declared = {key: [(t["name"], t["datatype"], t["shape"]) for t in meta[key]] for key in ("inputs", "outputs")}
+    assert declared == {
+        "inputs": [("z", "FP32", [-1, 8]), ("photo", "FP32", [-1, 4, 6, 3]), ("caption", "FP32", [-1, 4]),
+                   ("mask", "FP32", [-1, 2])],
+        "outputs": [("photo_out", "FP32", [-1, 4, 6, 3]), ("caption_out", "FP32", [-1, 4])],
+    }
+    inputs_text, outputs_text = (colour_exported.triton_model / "config.pbtxt").read_text().split("output [")
+    for key, section in (("inputs", inputs_text), ("outputs", outputs_text)):
+        assert declared[key] == [(name, dtype, [-1, *dims]) for name, dtype, dims in _triton_tensors(section)]
+
+
+def test_colour_infer_takes_and_gives_rgb_images(colour_generator):
+    """An RGB image input [rows, 4, 6, 3] (JSON or binary) is the graph's features; photo_out [rows, 4, 6, 3] is
+    the image OnnxGenerator.sample decodes for the same noise and conditions."""
+    img = np.zeros((4, 6, 3), np.float32)
+    img[:, :3, 0] = 1.0
+    img[:, 3:, 2] = 1.0
+    url = "/v2/models/colour/infer"
+    z, xs, mask = graph_inputs(colour_generator, 2, seed=3, given={"photo": np.stack([img, img[:, ::-1]])})
+    assert np.array_equal(xs[0].reshape(2, 4, 6, 3)[0], img)
+    expected = colour_generator.run(z, xs, mask)
+    photos = xs[0].reshape(2, 4, 6, 3)
+    with TestClient(create_app(colour_generator)) as http:
+        for binary in (False, True):
+            body, size = _binary_body([("z", z, False), ("photo", photos, binary), ("mask", mask, False)],
+                                      outputs=[{"name": "caption_out"}, {"name": "photo_out"}])
+            r = http.post(url, content=body, headers={"Inference-Header-Content-Length": str(size)})
+            caption, photo = r.json()["outputs"]
+            assert caption["shape"] == [2, 4] and photo["shape"] == [2, 4, 6, 3]
+            np.testing.assert_allclose(np.reshape(caption["data"], (2, 4)), expected[1], rtol=1e-6, atol=1e-6)
+            np.testing.assert_allclose(np.reshape(photo["data"], (2, 72)), expected[0], rtol=1e-6, atol=1e-6)
+        nested = {"inputs": [{"name": name, "shape": list(a.shape), "datatype": "FP32", "data": a.tolist()}
+                             for name, a in (("z", z), ("photo", photos), ("mask", mask))]}
+        caption = http.post(url, json=nested).json()["outputs"][1]
+        np.testing.assert_allclose(np.reshape(caption["data"], (2, 4)), expected[1], rtol=1e-6, atol=1e-6)
+        z, xs, mask = graph_inputs(colour_generator, 2, seed=4, given={"caption": ["red left", "blue"]})
+        body = {"inputs": [{"name": name, "shape": list(a.shape), "datatype": "FP32", "data": a.ravel().tolist()}
+                           for name, a in (("z", z), ("caption", xs[1]))]}
+        photo = http.post(url, json=body).json()["outputs"][0]
+        sampled = colour_generator.sample(2, {"caption": ["red left", "blue"]}, seed=4)["photo"]
+        np.testing.assert_allclose(np.reshape(photo["data"], photo["shape"]), sampled, rtol=1e-6, atol=1e-6)
+        flat = {"inputs": [body["inputs"][0], {"name": "photo", "shape": [2, 72], "datatype": "FP32",
+                                               "data": xs[0].ravel().tolist()}]}
+        r = http.post(url, json=flat)
+        assert r.status_code == 400 and r.json() == {
+            "error": "input 'photo': shape [2, 72], expected [-1, 4, 6, 3] (rows, RGB images, channels last)"}

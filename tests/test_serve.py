@@ -284,3 +284,48 @@ def test_server_process_on_loopback(model_path, generator):
         _, log = proc.communicate(timeout=30)
     assert "Application shutdown complete" in log
     assert proc.returncode == -signal.SIGTERM
+
+
+# An RGB image model (tiny_colour_run: photo [4, 6, 3], caption).
+
+
+@pytest.fixture(scope="module")
+def colour_generator(tiny_colour_run, tmp_path_factory):
+    return OnnxGenerator(export_generator(tiny_colour_run, tmp_path_factory.mktemp("colour") / "colour.onnx").path,
+                         device="cpu")
+
+
+@pytest.fixture(scope="module")
+def colour_client(colour_generator):
+    with TestClient(create_app(colour_generator, LIMITS)) as c:
+        yield c
+
+
+def test_colour_model_answers_rgb_images_as_json_and_png(colour_client, colour_generator):
+    meta = colour_client.get("/metadata").json()
+    assert meta["modalities"][0] == {"name": "photo", "kind": "image", "image_shape": [4, 6], "n_fft": 256, "hop": 128,
+                                     "channels": 3, "dim": 72}
+    expected = colour_generator.sample(3, {"caption": "red left"}, seed=6)["photo"]
+    body = colour_client.post("/generate", json={"n": 3, "given": {"caption": "red left"}, "seed": 6}).json()
+    np.testing.assert_allclose(np.asarray(body["outputs"]["photo"]), expected, atol=1e-6)
+    assert np.asarray(body["outputs"]["photo"]).shape == (3, 4, 6, 3)
+    r = colour_client.post("/generate?format=png", json={"n": 3, "given": {"caption": "red left"}, "seed": 6})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    picture = Image.open(io.BytesIO(r.content))
+    grid = image_grid(expected)
+    assert picture.mode == "RGB" and picture.size == grid.size == ((2 * (6 + 1) + 1) * 4, (2 * (4 + 1) + 1) * 4)  # 2 x 2 tiles
+    assert np.array_equal(np.asarray(picture), np.asarray(grid))
+
+
+def test_colour_model_takes_a_given_rgb_image(colour_client, colour_generator):
+    img = np.zeros((4, 6, 3), np.float32)
+    img[:, :3, 0] = 1.0
+    img[:, 3:, 2] = 1.0
+    r = colour_client.post("/generate?format=png&modality=photo", json={"n": 1, "given": {"photo": img.tolist()}})
+    px = np.asarray(Image.open(io.BytesIO(r.content)))
+    assert px[4, 4].tolist() == [255, 0, 0] and px[4, 4 * 6].tolist() == [0, 0, 255] and px[0, 0].tolist() == [128] * 3
+    body = colour_client.post("/generate", json={"n": 2, "given": {"photo": img.tolist()}, "seed": 1}).json()
+    assert body["outputs"]["photo"] == [img.tolist()] * 2
+    assert body["outputs"]["caption"] == colour_generator.sample(2, {"photo": img}, seed=1)["caption"]
+    r = colour_client.post("/generate", json={"n": 1, "given": {"photo": img[..., 0].tolist()}})
+    assert r.status_code == 422 and "expected images of shape [n, 4, 6, 3]" in r.json()["detail"]
