@@ -13,6 +13,12 @@ GPU_HOST = os.path.exists("/dev/nvidia0") or os.path.exists("/dev/nvidiactl")
 if not GPU_HOST:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# Prepared datasets go to a cache of this test session, never to the user's ~/.cache.
+if "FASTMMGAN_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["FASTMMGAN_CACHE"] = tempfile.mkdtemp(prefix="fastmmgan-test-cache-")
+
 NEEDS_CUDA = "needs a CUDA GPU"
 """The reason every GPU-only test skips with; on CI (no GPU) these are the only skips allowed."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import types
@@ -17,13 +18,26 @@ ADDED_FIELDS: dict[str, Any] = {"z_components": 0, "r1_weight": 0.0, "mmd_weight
                                  "recon_weight": 0.0, "kl_weight": 0.01, "latent_weight": 0.0, "e_width": 256,
                                  "e_depth": 2, "conditioned_components": True, "fusion": "projection",
                                  "energy_weight": 0.0, "energy_spread": 1.0, "energy_noise_rows": False,
-                                 "condition_noise": 0.0, "energy_spread_kinds": "image,text,audio"}
+                                 "condition_noise": 0.0, "energy_spread_kinds": "image,text,audio",
+                                 "modalities": None, "image_size": None, "image_channels": None, "sample_rate": None,
+                                 "clip_seconds": None, "max_vocab": 1000, "skip_bad_files": False, "cache_dir": None,
+                                 "data_on_device": "auto", "prefetch": "auto"}
 """Fields added after the first release, with the values that reproduce runs saved without them."""
 PRECISIONS = ("auto", "bf16", "fp32")
 FUSIONS = ("projection", "attention")
 ATTENTION_HEADS = 4
 """Heads of the attention fusion (its width must be a multiple)."""
 COMPILE_BACKENDS = ("inductor", "aot_eager")
+DATASETS = ("digits", "colour-digits")
+AUTO_YES_NO = ("auto", "yes", "no")
+
+
+def image_size_flag(text: str) -> tuple[int, ...]:
+    """``"32"`` -> (32,), ``"32,48"`` -> (32, 48); argparse turns the error into a usage error (exit 2)."""
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected H or H,W such as 32 or 32,48, got {text!r}") from None
 
 
 def _setting(default: Any, help: str, **cli: Any) -> Any:
@@ -58,9 +72,36 @@ class TrainConfig:
     for ``batch_size``) with the help text given here. The defaults train the digits model the README
     measures (2 CPU cores, about 7 minutes; machines of this kind have run it up to 1.4x slower)."""
 
-    dataset: str = _setting("digits", "built-in dataset (digits: image, caption, keypad tone)", group="data source")
-    data: str | None = _setting(None, "user .npz file: one array per modality plus 'kinds' (see README)",
-                                group="data source")
+    dataset: str = _setting("digits", "built-in dataset: digits (8x8 grey digit, caption, keypad tone) or colour-digits "
+                                      "(16x16 colour digit, caption naming colour and digit, keypad tone)",
+                            choices=DATASETS, group="data source")
+    data: str | None = _setting(None, "your data: a folder (metadata.jsonl/metadata.csv beside the files, or one "
+                                      "subfolder per class), hf:PATH (a Hugging Face dataset saved to disk, or parquet/"
+                                      "arrow files), or an .npz file (see README)", group="data source")
+    modalities: str | None = _setting(None, "which columns of --data to train on and their kinds, name=kind,... (e.g. "
+                                            "image=image,caption=text,speech=audio; a name is a column or the "
+                                            "<name>_file_name column); default: every file column and the caption")
+    image_size: tuple[int, ...] | None = _setting(None, "resize every image of --data to H[,W] (antialiased); default: "
+                                                        "the files' own size, which must then be the same for all",
+                                                  metavar="H[,W]", type=image_size_flag)
+    image_channels: int | None = _setting(None, "1 (grey) or 3 (RGB); default: the data's own, grey if every file is",
+                                          choices=(1, 3))
+    sample_rate: int | None = _setting(None, "resample the audio of --data to this rate in Hz (default: the most common "
+                                             "rate in the files)")
+    clip_seconds: float | None = _setting(None, "length of an audio clip in seconds: longer files are cropped (randomly "
+                                                "in training, at the centre in evaluation), shorter ones padded "
+                                                "(default: the files' median length)")
+    max_vocab: int = _setting(1000, "keep the N most frequent caption words of --data (0: all); the rest are dropped and "
+                                    "counted in the log")
+    skip_bad_files: bool = _setting(False, "leave out unreadable files of --data (listed in the run's bad_files.jsonl) "
+                                           "instead of stopping at the first")
+    cache_dir: str | None = _setting(None, "where prepared datasets are kept (default: $FASTMMGAN_CACHE or "
+                                           "~/.cache/fastmmgan)")
+    data_on_device: str = _setting("auto", "keep the training data on the GPU: auto (when it fits in a quarter of the "
+                                           "free device memory), yes, no", choices=AUTO_YES_NO)
+    prefetch: str = _setting("auto", "draw the next batch in a background thread while the step runs (pinned memory "
+                                     "on CUDA): auto (on CUDA when the data is not on the device), yes, no",
+                             choices=AUTO_YES_NO)
     steps: int = _setting(30000, "total training steps (D update + G update each)")
     batch_size: int = _setting(64, "samples per step (global: split over torchrun's processes)")
     lr: float = _setting(2e-4, "Adam learning rate of the generator")
@@ -208,10 +249,30 @@ class TrainConfig:
                 if width % ATTENTION_HEADS:
                     raise FastMMGANError(f"--fusion attention needs fusion widths divisible by its {ATTENTION_HEADS} "
                                          f"heads; {flag} gives {width}")
+        self._check_data_settings()
         if self.precision not in PRECISIONS:
             raise FastMMGANError(f"unknown precision {self.precision!r} (expected one of {', '.join(PRECISIONS)})")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise FastMMGANError(f"unknown device {self.device!r} (expected auto, cpu or cuda)")
+
+    def _check_data_settings(self) -> None:
+        if self.dataset not in DATASETS:
+            raise FastMMGANError(f"unknown dataset {self.dataset!r} (built in: {', '.join(DATASETS)})")
+        if self.image_size is not None:
+            self.image_size = tuple(int(v) for v in self.image_size)
+            if len(self.image_size) not in (1, 2) or min(self.image_size) <= 0:
+                raise FastMMGANError(f"image-size must be H or H,W with positive sizes, got {self.image_size}")
+        if self.image_channels not in (None, 1, 3):
+            raise FastMMGANError(f"image-channels must be 1 or 3, got {self.image_channels}")
+        for name in ("sample_rate", "clip_seconds"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                raise FastMMGANError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.max_vocab < 0:
+            raise FastMMGANError(f"max-vocab must be >= 0 (0: every word), got {self.max_vocab}")
+        for name in ("data_on_device", "prefetch"):
+            if getattr(self, name) not in AUTO_YES_NO:
+                raise FastMMGANError(f"{name.replace('_', '-')} must be one of {', '.join(AUTO_YES_NO)}, "
+                                     f"got {getattr(self, name)!r}")
 
     @property
     def uses_encoder(self) -> bool:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .errors import FastMMGANError
+from .feature_store import FeatureColumn, take_rows
 from .modalities import KINDS, ModalitySpec, tokenize
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -43,10 +44,13 @@ CLIP_SAMPLES = 1024
 
 @dataclass
 class MultimodalDataset:
-    """Features per modality, in spec order; ``mask[i, m]`` says whether sample i has modality m."""
+    """Features per modality, in spec order; ``mask[i, m]`` says whether sample i has modality m.
+
+    A feature column is a float32 tensor [N, dim_m] in memory, or for a prepared dataset a
+    :class:`~fastmmgan.feature_store.FeatureColumn` that reads its rows from a memory map (index it as a tensor)."""
 
     specs: tuple[ModalitySpec, ...]
-    features: tuple[torch.Tensor, ...]
+    features: tuple[torch.Tensor | FeatureColumn, ...]
     mask: torch.Tensor
     labels: torch.Tensor | None = None
 
@@ -55,7 +59,7 @@ class MultimodalDataset:
         if len(self.specs) != len(self.features) or self.mask.shape != (n, len(self.specs)):
             raise FastMMGANError(f"mask shape {list(self.mask.shape)} does not match {len(self.specs)} modalities")
         for spec, x in zip(self.specs, self.features):
-            if x.shape != (n, spec.dim):
+            if tuple(x.shape) != (n, spec.dim):
                 raise FastMMGANError(f"modality {spec.name!r}: features of shape {list(x.shape)}, expected [{n}, {spec.dim}]")
         if self.labels is not None and self.labels.shape != (n,):
             raise FastMMGANError(f"labels of shape {list(self.labels.shape)}, expected [{n}]")
@@ -71,15 +75,32 @@ class MultimodalDataset:
         labels = None if self.labels is None else self.labels.to(device)
         return MultimodalDataset(self.specs, tuple(x.to(device) for x in self.features), self.mask.to(device), labels)
 
+    def features_to(self, device: torch.device | str) -> MultimodalDataset:
+        """The same dataset with only its feature columns on ``device`` (mask and labels stay on the CPU, where
+        the batch draws' generators run)."""
+        return MultimodalDataset(self.specs, tuple(x.to(device) for x in self.features), self.mask, self.labels)
+
     def subset(self, index: torch.Tensor) -> MultimodalDataset:
         labels = None if self.labels is None else self.labels[index]
-        return MultimodalDataset(self.specs, tuple(x[index] for x in self.features), self.mask[index], labels)
+        return MultimodalDataset(self.specs, tuple(take_rows(x, index) for x in self.features), self.mask[index], labels)
 
     def split(self, test_fraction: float = 0.2, seed: int = 0) -> tuple[MultimodalDataset, MultimodalDataset]:
         """Deterministic train/test split by seed."""
         perm = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
         n_test = int(round(len(self) * test_fraction))
         return self.subset(perm[n_test:]), self.subset(perm[:n_test])
+
+
+def stored_bytes(ds: MultimodalDataset) -> int:
+    """Bytes the dataset's feature columns hold in their stored form (uint8 pixels of a prepared dataset, float32
+    of an in-memory one)."""
+    total = 0
+    for x in ds.features:
+        if isinstance(x, FeatureColumn):
+            total += len(x) * x.storage[:1].numel() * x.storage.element_size()
+        else:
+            total += x.numel() * x.element_size()
+    return total
 
 
 def digits_specs() -> tuple[ModalitySpec, ...]:
@@ -169,8 +190,14 @@ def _spec_for(name: str, kind: str, arr: np.ndarray, sample_rate: int | None) ->
         raise FastMMGANError(f"modality {name!r}: audio data must be [N, samples], got shape {list(arr.shape)}")
     if sample_rate is None:
         raise FastMMGANError(f"modality {name!r}: audio needs a 'sample_rate' array (one integer) in the file")
-    n_fft = min(256, 1 << max(3, (arr.shape[1] // 2).bit_length() - 1))
-    return ModalitySpec(name, kind, sample_rate=sample_rate, clip_samples=int(arr.shape[1]), n_fft=n_fft, hop=n_fft // 2)
+    return audio_spec(name, sample_rate, int(arr.shape[1]))
+
+
+def audio_spec(name: str, sample_rate: int, clip_samples: int) -> ModalitySpec:
+    """An audio modality of ``clip_samples``-sample clips: STFT frames of up to 256 samples (fewer for short
+    clips, so a clip spans several frames), half overlapping."""
+    n_fft = min(256, 1 << max(3, (clip_samples // 2).bit_length() - 1))
+    return ModalitySpec(name, "audio", sample_rate=sample_rate, clip_samples=clip_samples, n_fft=n_fft, hop=n_fft // 2)
 
 
 def _check_numeric(name: str, arr: np.ndarray) -> np.ndarray:
@@ -247,9 +274,35 @@ def load_npz_dataset(path: str | Path) -> MultimodalDataset:
 
 
 def load_dataset(name: str = "digits", path: str | Path | None = None, seed: int = 0) -> MultimodalDataset:
-    """The built-in dataset by name, or a user ``.npz`` file when ``path`` is given."""
+    """The built-in ``digits`` in memory, or a user ``.npz`` file when ``path`` is given (folders, ``hf:`` data
+    and ``colour-digits`` are prepared into a cache: :func:`fastmmgan.prepare.open_dataset`)."""
     if path is not None:
         return load_npz_dataset(path)
     if name != "digits":
-        raise FastMMGANError(f"unknown built-in dataset {name!r} (available: digits)")
+        raise FastMMGANError(f"unknown built-in dataset {name!r} (in memory: digits; colour-digits is prepared from "
+                             "files by fastmmgan.prepare.open_dataset)")
     return load_digits_dataset(seed)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m fastmmgan.data export {colour-digits,digits} DIR``: write a built-in dataset as files."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m fastmmgan.data", description="Write a built-in dataset as a folder of "
+                                "PNG and WAV files with metadata.jsonl (the layout --data DIR reads).")
+    sub = p.add_subparsers(dest="command", required=True)
+    export = sub.add_parser("export", help="write a built-in dataset into DIR")
+    export.add_argument("name", choices=("colour-digits", "digits"))
+    export.add_argument("dir")
+    export.add_argument("--seed", type=int, default=0, help="seed of colours, captions and tones")
+    args = p.parse_args(argv)
+    from .builtin_export import export_builtin
+
+    print(export_builtin(args.name, args.dir, seed=args.seed))
+    return 0
+
+
+if __name__ == "__main__":
+    from .cli import run_cli
+
+    run_cli(main)

@@ -17,10 +17,11 @@ from typing import Any
 from .checkpoint import CHECKPOINT_DIR, load_checkpoint, resolve_checkpoint
 from .cli import add_verbosity_flags, configure_logging, run_cli
 from .config import TrainConfig
-from .data import MultimodalDataset, load_dataset
+from .data import MultimodalDataset
 from .errors import FastMMGANError
 from .evaluator import Evaluator, missing_classes
 from .evaluator_nets import CACHE_NAME
+from .prepare import open_dataset
 from .sampler import generator_from_state
 
 
@@ -28,7 +29,7 @@ def split_for(
     cfg: TrainConfig, specs: list[dict[str, Any]] | None = None
 ) -> tuple[MultimodalDataset, MultimodalDataset]:
     """The train and test splits a run was trained with; ``specs`` (from a checkpoint) must still match."""
-    ds = load_dataset(cfg.dataset, cfg.data, seed=cfg.seed)
+    ds, _ = open_dataset(cfg, progress=False)
     if specs is not None and [s.to_dict() for s in ds.specs] != specs:
         source = cfg.data or cfg.dataset
         raise FastMMGANError(f"the dataset {source} no longer matches the one the model was trained on")
@@ -94,6 +95,13 @@ def format_table(metrics: Mapping[str, float], names: list[str], header: list[st
         lines += [f"  {f'{a} -> {b}':<24}{_pct(metrics[f'acc/{a}_to_{b}'])}" for a, b in pairs]
         ceilings = ", ".join(f"{n} {_pct(metrics[f'evaluator_acc/{n}']).strip()}" for n in names)
         lines += [f"  evaluators on real test data: {ceilings}", ""]
+    colour = [(a, b) for a, b in pairs if f"colour_acc/{a}_to_{b}" in metrics]
+    if colour:
+        lines.append("colour named by the condition's caption (images: the strokes' colour; captions: the colour word)")
+        lines += [f"  {f'{a} -> {b}':<24}{_pct(metrics[f'colour_acc/{a}_to_{b}'])}   colour and label both right "
+                  f"{_pct(metrics[f'both_acc/{a}_to_{b}']).strip()}" for a, b in colour]
+        reads = ", ".join(f"{k.split('/')[1]} {_pct(v).strip()}" for k, v in metrics.items() if k.startswith("colour_acc_real/"))
+        lines += [f"  colour reader on real test images: {reads}", ""]
     pairs = [(a, b) for a in names for b in names if a != b and f"spread/{a}_to_{b}" in metrics]
     if pairs:
         lines.append("conditional diversity (8 samples per condition; spread: within-condition distance / real "

@@ -23,6 +23,7 @@ from torch import nn
 from .checkpoint import atomic_write
 from .data import MultimodalDataset
 from .errors import FastMMGANError
+from .feature_store import digest_into
 from .modalities import ModalitySpec
 
 CACHE_NAME = "evaluators.pt"
@@ -124,8 +125,7 @@ def cache_key(train_ds: MultimodalDataset, seed: int) -> str:
     h = hashlib.sha256()
     recipe = [VERSION, seed, HIDDEN, FEATURES, TRAIN_STEPS, LR, WEIGHT_DECAY, INPUT_NOISE, STOP_LOSS]
     h.update(json.dumps({"recipe": recipe, "specs": [s.to_dict() for s in train_ds.specs]}, sort_keys=True).encode())
-    for t in (*train_ds.features, train_ds.mask, *(() if train_ds.labels is None else (train_ds.labels,))):
-        h.update(t.contiguous().cpu().numpy().tobytes())
+    digest_into(h, (*train_ds.features, train_ds.mask, *(() if train_ds.labels is None else (train_ds.labels,))))
     return h.hexdigest()[:16]
 
 

@@ -12,6 +12,7 @@ it; under torchrun each process takes a contiguous slice of the globally ordered
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +20,7 @@ import torch
 
 from .config import TrainConfig
 from .data import MultimodalDataset
+from .feature_store import draw_rows
 
 
 @dataclass
@@ -44,22 +46,20 @@ class StepInputs:
     ema_beta: torch.Tensor
     conditions: list[torch.Tensor]
 
-    def to(self, device: torch.device) -> StepInputs:
-        real = [x.to(device, non_blocking=True) for x in self.real]
+    def _map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> StepInputs:
+        real = [fn(x) for x in self.real]
         same = all(c is r for c, r in zip(self.conditions, self.real, strict=True))  # no condition noise: one copy
         return StepInputs(
-            real,
-            self.mask.to(device, non_blocking=True),
-            self.given.to(device, non_blocking=True),
-            [x.to(device, non_blocking=True) for x in self.mismatched],
-            self.mismatch_weight.to(device, non_blocking=True),
-            self.z.to(device, non_blocking=True),
-            self.z_alt.to(device, non_blocking=True),
-            self.alpha.to(device, non_blocking=True),
-            self.ema_beta.to(device, non_blocking=True),
-            real if same else [x.to(device, non_blocking=True) for x in self.conditions],
+            real, fn(self.mask), fn(self.given), [fn(x) for x in self.mismatched], fn(self.mismatch_weight), fn(self.z),
+            fn(self.z_alt), fn(self.alpha), fn(self.ema_beta), real if same else [fn(x) for x in self.conditions],
         )
 
+    def to(self, device: torch.device) -> StepInputs:
+        return self._map(lambda t: t.to(device, non_blocking=True))
+
+    def pin_memory(self) -> StepInputs:
+        """The same inputs in page-locked memory, so their copy to a GPU overlaps the step (CPU tensors only)."""
+        return self._map(lambda t: t.pin_memory() if t.device.type == "cpu" else t)
 
 
 def _seed_for(*key: int) -> int:
@@ -79,7 +79,7 @@ def _feature_std(x: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
     """0-d: the std of one modality's features [B, dim] over the batch's rows that have it (``present`` [B]
     bool), the scale of its condition noise: a 576-bin spectrogram and an 8x8 image differ in spread."""
     rows = x[present]
-    return rows.std() if rows.numel() > 1 else torch.ones(())
+    return rows.std() if rows.numel() > 1 else torch.ones((), device=x.device)
 
 
 
@@ -109,12 +109,15 @@ def draw_step_inputs(
     bits = (patterns[:, None] >> torch.arange(m)) & 1
     mask = ds.mask[idx]
     given = bits.bool() & mask
-    real = [x[idx] for x in ds.features]
+    # Columns read from files draw their augmentation (audio: a random crop) from a stream of their own, so
+    # in-memory data leaves every other draw as it was.
+    crops = torch.Generator().manual_seed(_seed_for(cfg.seed, step, 2))
+    real = [draw_rows(x, idx, crops) for x in ds.features]
     if m > 1:
         partner = torch.randperm(b, generator=rng)
         swap_pick = torch.multinomial(mask.float() + 1e-6, 1, generator=rng)
         swap = torch.zeros_like(mask).scatter_(1, swap_pick, True)
-        mismatched = [torch.where(swap[:, m : m + 1], x[partner], x) for m, x in enumerate(real)]
+        mismatched = [torch.where(swap[:, m : m + 1].to(x.device), x[partner], x) for m, x in enumerate(real)]
         valid = (mask & mask[partner]).sum(dim=1) >= 2
         valid &= ((swap & mask & mask[partner]).any(dim=1)) & (partner != torch.arange(b))
     else:  # one modality: no row can be mismatched (the step does not judge these rows at all)
@@ -127,8 +130,9 @@ def draw_step_inputs(
     conditions = own
     # Drawn last, so runs without it keep every other draw; one modality is never given, so nothing reads it.
     if cfg.condition_noise and m > 1:
-        conditions = [x[sl] + (cfg.condition_noise * _feature_std(x, mask[:, k])
-                               * torch.randn(x.shape, generator=rng)[sl]).to(x.dtype) for k, x in enumerate(real)]
+        conditions = [x[sl] + (cfg.condition_noise * _feature_std(x, mask[:, k].to(x.device))
+                               * torch.randn(x.shape, generator=rng)[sl].to(x.device)).to(x.dtype)
+                      for k, x in enumerate(real)]
     return StepInputs(
         own, mask[sl], given[sl], [x[sl] for x in mismatched], valid[sl].float(), z[sl], z.roll(-1, 0)[sl], alpha[sl],
         beta, conditions,

@@ -48,7 +48,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         if group and group not in groups:
             groups[group] = parser.add_mutually_exclusive_group()
         target = groups[group] if group else parser
-        target.add_argument("--" + f.name.replace("_", "-"), default=f.default, **_flag_kind(hints[f.name]), **extra)
+        kind = {k: v for k, v in _flag_kind(hints[f.name]).items() if k not in extra}
+        target.add_argument("--" + f.name.replace("_", "-"), default=f.default, **kind, **extra)
 
 
 def _flag_kind(hint: object) -> dict[str, object]:
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         raise FastMMGANError(f"--resume: no checkpoint to resume in {out}")
     from .trainer import Trainer
 
-    trainer = Trainer(cfg, out, resume=resume)
+    trainer = Trainer(cfg, out, resume=resume, progress=not args.no_progress)
     try:
         trainer.run(progress=not args.no_progress)
     finally:

@@ -26,9 +26,11 @@ from .checkpoint import (
     set_rng_state,
 )
 from .config import TrainConfig
-from .data import load_dataset
+from .data import MultimodalDataset, stored_bytes
 from .distributed import DistInfo, barrier, broadcast_from_rank0, gather_rows, init_distributed
 from .errors import FastMMGANError, PeerLost, TrainingDiverged
+from .prefetch import BatchPrefetcher
+from .prepare import open_dataset
 from .sample_grids import write_samples
 from .step import build_step
 from .step_inputs import StepInputs, draw_step_inputs
@@ -68,7 +70,8 @@ def _peer_stopped(e: BaseException) -> bool:
 class Trainer:
     """Owns one run: ``out_dir`` holds config.json, checkpoints/, samples/, metrics.jsonl and tb/."""
 
-    def __init__(self, cfg: TrainConfig, out_dir: str | Path, resume: str | Path | None = None) -> None:
+    def __init__(self, cfg: TrainConfig, out_dir: str | Path, resume: str | Path | None = None,
+                 progress: bool = True) -> None:
         self.cfg = cfg
         self.out = Path(out_dir)
         self.dist: DistInfo = init_distributed(resolve_device(cfg.device), cfg.dist_timeout)
@@ -77,7 +80,7 @@ class Trainer:
         if cfg.batch_size % self.dist.world:
             raise FastMMGANError(f"batch-size {cfg.batch_size} (global) must be divisible by the {self.dist.world} processes")
         torch.manual_seed(cfg.seed)
-        ds = load_dataset(cfg.dataset, cfg.data, seed=cfg.seed)
+        ds = self._open_data(progress)
         if len(ds) < 2:
             raise FastMMGANError(f"the dataset has {len(ds)} sample(s); at least 2 are needed for a train/test split")
         self.train_ds, self.test_ds = ds.split(cfg.test_fraction, cfg.seed)
@@ -85,6 +88,7 @@ class Trainer:
             raise FastMMGANError(f"batch-size {cfg.batch_size} is larger than the training split ({len(self.train_ds)} samples)")
         self.specs = ds.specs
         models = build_models(self.train_ds, cfg, self.device)
+        self.data_on_device = self._place_training_data()
         self.G, self.D, self.ema, self.opt_g, self.opt_d = models.G, models.D, models.ema, models.opt_g, models.opt_d
         self.step = 0
         if resume is not None:
@@ -93,6 +97,38 @@ class Trainer:
         self._first_launches: dict[str, int] = {}
         self._evaluator = None
         self.step_fn = self._build_step()
+
+    def _open_data(self, progress: bool) -> MultimodalDataset:
+        """The run's dataset; files are prepared once, by rank 0, while the other processes wait, then opened
+        from the cache by all."""
+        if self.dist.is_main:
+            ds, self.prepared = open_dataset(self.cfg, progress=progress)
+            barrier(self.dist)
+        else:
+            barrier(self.dist)
+            ds, self.prepared = open_dataset(self.cfg, progress=False)
+        return ds
+
+    def _place_training_data(self) -> bool:
+        """On CUDA, move the training features to the device when ``--data-on-device`` says so (auto: when
+        they take at most a quarter of the free device memory); batches are then gathered there."""
+        if self.device.type != "cuda" or self.cfg.data_on_device == "no":
+            return False
+        need = stored_bytes(self.train_ds)
+        free = torch.cuda.mem_get_info(self.device)[0]
+        if self.cfg.data_on_device == "auto" and need > free / 4:
+            return False
+        self.train_ds = self.train_ds.features_to(self.device)
+        return True
+
+    def _batches(self) -> BatchPrefetcher:
+        """Step inputs for steps from now on, drawn one step ahead in a thread where ``--prefetch`` says so
+        (auto: on CUDA when the training data is not on the device)."""
+        ahead = self.cfg.prefetch == "yes" or (self.cfg.prefetch == "auto" and self.device.type == "cuda"
+                                               and not self.data_on_device)
+        cfg, rank, world = self.cfg, self.dist.rank, self.dist.world
+        return BatchPrefetcher(lambda step: draw_step_inputs(self.train_ds, step, cfg, rank, world), cfg.steps,
+                               ahead=ahead, pin=ahead and self.device.type == "cuda")
 
     def _build_step(self) -> Callable[[StepInputs], dict[str, torch.Tensor]]:
         """The compiled step (or the reference one with ``--no-compile``). Under torchrun the compiled step
@@ -167,6 +203,8 @@ class Trainer:
             remove_stale_temp_files(self.out)
             atomic_write_bytes(self.out / "config.json", json.dumps(cfg.to_dict(), indent=2).encode())
         log = RunLog(self.out, enabled=main)
+        self._log_data(log)
+        batches = self._batches()
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not (progress and main), desc="train", unit="step")
         bad_run = torch.zeros((), device=self.device)
         worst_run = torch.zeros((), device=self.device)
@@ -175,7 +213,7 @@ class Trainer:
         last: dict[str, float] = {}
         try:
             while self.step < cfg.steps:
-                batch = draw_step_inputs(self.train_ds, self.step, cfg, self.dist.rank, self.dist.world)
+                batch = batches.get(self.step)
                 if self.step == self._first_step:
                     out = self._first_step_call(batch)
                     self._log_first_step(log, batch)
@@ -221,9 +259,24 @@ class Trainer:
                 ) from None
             raise
         finally:
+            batches.close()
             bar.close()
             log.close()
         return last
+
+    def _log_data(self, log: RunLog) -> None:
+        """Where the data came from (prepared now or reused from the cache, files/s) and the bad files left out
+        (``bad_files.jsonl`` in the run directory, one ``{"file", "row", "reason"}`` a line)."""
+        if self.prepared is None or not self.dist.is_main:
+            return
+        p = self.prepared
+        log.event("data", cache=str(p.cache_dir), reused=p.reused, rows=len(p.dataset), on_device=self.data_on_device,
+                  **p.notes)
+        if p.bad_files:
+            lines = "".join(json.dumps({"file": f, "row": w, "reason": r}) + "\n" for f, w, r in p.bad_files)
+            atomic_write_bytes(self.out / "bad_files.jsonl", lines.encode())
+            log.event("bad_files", count=len(p.bad_files))
+            print(f"skipped {len(p.bad_files)} unreadable file(s), listed in {self.out / 'bad_files.jsonl'}", file=sys.stderr)
 
     def _first_step_call(self, batch: StepInputs) -> dict[str, torch.Tensor]:
         """The first step, where a kernel that cannot run fails: Triton kernels forced onto CPU tensors

@@ -115,7 +115,7 @@ def _cli_error(main, argv, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [(["--steps", "0"], "steps must be positive"), (["--batch-size", "-1"], "batch-size must be positive"),
-     (["--data", "/nonexistent/x.npz"], "data file not found"), (["--dataset", "mnist"], "unknown built-in dataset"),
+     (["--data", "/nonexistent/x.npz"], "data file not found"),
      (["--batch-size", "5000"], "larger than the training split"), (["--resume"], "no checkpoint to resume"),
      (["--device", "cuda"] if not torch.cuda.is_available() else ["--lr", "0"], ""),
      (["--g-widths", "128"], "g-widths needs the fusion's width and at least one layer's"),
@@ -133,7 +133,10 @@ def test_train_cli_errors(tmp_path, capsys, argv, message):
     "argv, message",
     [(["--compile-backend", "cudagraphs"], "argument --compile-backend: invalid choice: 'cudagraphs'"),
      (["--precision", "fp8"], "argument --precision: invalid choice: 'fp8'"),
-     (["--g-widths", "128,x"], "argument --g-widths: expected comma-separated layer widths such as 128,256")],
+     (["--g-widths", "128,x"], "argument --g-widths: expected comma-separated layer widths such as 128,256"),
+     (["--dataset", "mnist"], "argument --dataset: invalid choice: 'mnist'"),
+     (["--image-size", "16,x"], "argument --image-size: expected H or H,W such as 32 or 32,48, got '16,x'"),
+     (["--image-channels", "2"], "argument --image-channels: invalid choice: 2")],
 )
 def test_train_cli_usage_errors(capsys, argv, message):
     """Flags argparse itself rejects: usage, then the one error line, exit 2."""
@@ -145,7 +148,8 @@ def test_train_cli_usage_errors(capsys, argv, message):
 
 # A value other than the default for every TrainConfig field, as a user would type it.
 OTHER_VALUES = {
-    "dataset": ("--dataset", "digits2", "digits2"), "data": ("--data", "x.npz", "x.npz"), "steps": ("--steps", "7", 7),
+    "dataset": ("--dataset", "colour-digits", "colour-digits"), "data": ("--data", "x.npz", "x.npz"),
+    "steps": ("--steps", "7", 7),
     "batch_size": ("--batch-size", "8", 8),
     "lr": ("--lr", "0.001", 1e-3), "d_lr": ("--d-lr", "0.002", 2e-3), "betas": ("--betas", "0.1 0.9", (0.1, 0.9)),
     "loss": ("--loss", "hinge", "hinge"), "gp_weight": ("--gp-weight", "3", 3.0), "r1_weight": ("--r1-weight", "0.5", 0.5),
@@ -169,6 +173,12 @@ OTHER_VALUES = {
     "keep_checkpoints": ("--keep-checkpoints", "2", 2), "sample_every": ("--sample-every", "5", 5),
     "eval_every": ("--eval-every", "6", 6), "log_every": ("--log-every", "7", 7), "max_bad_steps": ("--max-bad-steps", "9", 9),
     "dist_timeout": ("--dist-timeout", "12.5", 12.5),
+    "modalities": ("--modalities", "pic=image,tag=text", "pic=image,tag=text"),
+    "image_size": ("--image-size", "32,48", (32, 48)), "image_channels": ("--image-channels", "3", 3),
+    "sample_rate": ("--sample-rate", "16000", 16000), "clip_seconds": ("--clip-seconds", "0.5", 0.5),
+    "max_vocab": ("--max-vocab", "50", 50), "skip_bad_files": ("--skip-bad-files", None, True),
+    "cache_dir": ("--cache-dir", "/tmp/c", "/tmp/c"), "data_on_device": ("--data-on-device", "no", "no"),
+    "prefetch": ("--prefetch", "yes", "yes"),
 }
 
 
@@ -195,7 +205,7 @@ def test_train_help_lists_the_flags(capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "--batch-size BATCH_SIZE" in out and "Adam betas of both optimizers" in out
-    assert "--dataset DATASET | --data DATA" in out
+    assert "--dataset {digits,colour-digits} | --data DATA" in out
 
 
 def test_train_cli_unwritable_out(tmp_path, capsys):
