@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .colour_check import caption_colour, ink_colour, names_colours
 from .data import MultimodalDataset
 from .errors import FastMMGANError
 from .evaluator_nets import EvaluatorNets, load_or_train_evaluators, one_thread
@@ -158,6 +159,13 @@ class Evaluator:
             rows = self.test_ds.mask[:, m]
             pred = self.evaluators.predict(spec.name, self.test_ds.features[m][rows])
             out[f"evaluator_acc/{spec.name}"] = float((pred == self.test_ds.labels[rows]).double().mean())
+        colours = self._named_colours(torch.arange(len(self.test_ds)))
+        if colours is not None:  # the colour reader on real test images: the ceiling of colour_acc
+            for m, spec in enumerate(self.specs):
+                if spec.kind == "image" and spec.channels == 3:
+                    rows = self.test_ds.mask[:, m] & (colours >= 0)
+                    read = ink_colour(spec, self.test_ds.features[m][rows])
+                    out[f"colour_acc_real/{spec.name}"] = float((read == colours[rows]).double().mean())
         return out
 
     def evaluate(self, source: Any, n: int = 1000, seed: int = 0, k: int = DEFAULT_K) -> dict[str, float]:
@@ -195,11 +203,43 @@ class Evaluator:
             idx = _condition_rows(rows, n, seed + 1 + a)
             fake = generate({src.name: self.test_ds.features[a][idx]}, n, seed + 1 + a)
             labels = self.test_ds.labels[idx]
+            colours = self._named_colours(idx)
             for b, dst in enumerate(self.specs):
                 if b != a:
                     pred = self.evaluators.predict(dst.name, fake[b])
-                    out[f"acc/{src.name}_to_{dst.name}"] = float((pred == labels).double().mean())
+                    key = f"{src.name}_to_{dst.name}"
+                    out[f"acc/{key}"] = float((pred == labels).double().mean())
+                    out.update(self._colour_scores(key, src, dst, fake[b], colours, pred == labels))
         return out
+
+    def _named_colours(self, idx: torch.Tensor) -> torch.Tensor | None:
+        """The palette colour each test row ``idx``'s caption names ([n] int64, -1 none), for datasets whose
+        captions name colours and that have a colour image (None otherwise)."""
+        text = next((m for m, s in enumerate(self.specs) if names_colours(s)), None)
+        has_colour_image = any(s.kind == "image" and s.channels == 3 for s in self.specs)
+        if text is None or not has_colour_image:
+            return None
+        return caption_colour(self.specs[text], self.test_ds.features[text][idx])
+
+    def _colour_scores(self, key: str, src: ModalitySpec, dst: ModalitySpec, fake: torch.Tensor,
+                       colours: torch.Tensor | None, label_ok: torch.Tensor) -> dict[str, float]:
+        """``colour_acc/A_to_B``: share of samples whose colour (the image's ink, the caption's colour word) is the
+        one the condition row's caption names, and ``both_acc/A_to_B``: colour and label right together. For
+        text -> colour image (the caption sets the colour) and colour image -> text (the caption must say it)."""
+        if colours is None:
+            return {}
+        if src.kind == "text" and dst.kind == "image" and dst.channels == 3:
+            made = ink_colour(dst, fake)
+        elif src.kind == "image" and src.channels == 3 and dst.kind == "text" and names_colours(dst):
+            made = caption_colour(dst, fake)
+        else:
+            return {}
+        known = colours >= 0
+        if not bool(known.any()):
+            return {}
+        right = (made == colours)[known]
+        return {f"colour_acc/{key}": float(right.double().mean()),
+                f"both_acc/{key}": float((right & label_ok[known]).double().mean())}
 
     def _diversity(self, generate: FeatureFn, n: int, seed: int, k: int) -> dict[str, float]:
         """How much conditional samples vary, per direction A -> B, from ``n // PER_CONDITION`` test conditions
