@@ -3,7 +3,8 @@
 #
 #   bash benchmarks/gpu_check.sh            (from the repo root; no arguments)
 #
-# Stages: install, tests, fused-op benchmark (quick), train-step bench, a 3000-step training run.
+# Stages: install, tests, fused-op benchmark (quick), train-step bench, a 3000-step training run, the data input
+# path (colour-digits on the device, with prefetch, with neither).
 # Each stage runs under `timeout` with its log kept, and a failing stage does not stop the next
 # ones. The whole run stays within GPU_CHECK_BUDGET_S (default 450 s: with the 10 s kill grace and the
 # report, under 8 minutes): a stage gets min(its own cap, what is left of the budget).
@@ -101,7 +102,7 @@ fi
 #    the kernels inside (inductor, CUDA graphs) against the eager reference, and the default training command.
 #    The rest of the suite is CPU work that CI already runs.
 run_stage tests "$(stage_limit 150)" "" "$PY" -m pytest -q tests/test_kernels.py tests/test_ops_dispatch.py \
-    tests/test_step.py tests/test_cuda_path.py -p no:cacheprovider
+    tests/test_step.py tests/test_cuda_path.py tests/test_cached_training.py -p no:cacheprovider
 summary "$(last_line "$DIR/tests.log" '[0-9]+ (passed|failed|error|errors|skipped)|no tests ran|ERROR|Error')"
 
 # b. Fused ops vs cuBLAS + leaky-ReLU. The script stops starting cases 40 s before our timeout, so its
@@ -131,6 +132,19 @@ if [ "$RC" = 0 ]; then
 else
     summary "$(last_line "$DIR/train.log")"
 fi
+
+# e. The GPU input path on colour-digits (a prepared, memory-mapped dataset): the training data on the device,
+#    and off it with and without the pinned background prefetch. Steps/s of each run's last log window.
+DATA_RUNS=""
+for mode in "on:--data-on-device yes" "prefetch:--data-on-device no --prefetch yes" "plain:--data-on-device no --prefetch no"; do
+    name=${mode%%:*}
+    run_stage "data-$name" "$(stage_limit 60)" "" "$PY" -m fastmmgan.train --dataset colour-digits --steps 600 \
+        --log-every 100 --out "$DIR/data-$name" --no-progress --sample-every 0 --ckpt-every 0 --cache-dir "$DIR/cache" \
+        ${mode#*:}
+    RATE=$(last_line "$DIR/data-$name/metrics.jsonl" steps_per_s | sed -E 's/.*"steps_per_s": ([0-9.]+).*/\1/')
+    summary "steps/s at the end: ${RATE:-none}"
+    DATA_RUNS="$DATA_RUNS $name=${RATE:-none}"
+done
 
 # The report: environment, stage table, the train run's last metrics, the two tables verbatim, log tails of failed stages.
 GPU=$(timeout 20 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -n 1)
@@ -168,6 +182,8 @@ REPORT="$DIR/gpu_check.md"
     echo '```'
     echo "${METRICS:-(none)}"
     echo '```'
+    echo
+    echo "Input path on colour-digits, steps/s (data on the device, pinned prefetch, neither):${DATA_RUNS}"
     echo
     if [ -s "$DIR/ops.md" ]; then cat "$DIR/ops.md"; else echo "## Fused ops: no report (see ops.log)"; fi
     echo
