@@ -176,9 +176,11 @@ def _parse_kinds(arr: np.ndarray) -> dict[str, str]:
 
 def _spec_for(name: str, kind: str, arr: np.ndarray, sample_rate: int | None) -> ModalitySpec:
     if kind == "image":
-        if arr.ndim != 3:
-            raise FastMMGANError(f"modality {name!r}: image data must be [N, H, W], got shape {list(arr.shape)}")
-        return ModalitySpec(name, kind, image_shape=(int(arr.shape[1]), int(arr.shape[2])))
+        colour = arr.ndim == 4 and arr.shape[3] == 3
+        if arr.ndim != 3 and not colour:
+            raise FastMMGANError(f"modality {name!r}: image data must be [N, H, W] (grey) or [N, H, W, 3] (RGB), "
+                                 f"got shape {list(arr.shape)}")
+        return ModalitySpec(name, kind, image_shape=(int(arr.shape[1]), int(arr.shape[2])), channels=3 if colour else 1)
     if kind == "text":
         if arr.ndim != 1 or arr.dtype.kind != "U":
             raise FastMMGANError(f"modality {name!r}: text data must be a 1-D string array, got {arr.dtype} {list(arr.shape)}")
@@ -213,7 +215,7 @@ def load_npz_dataset(path: str | Path) -> MultimodalDataset:
     """A user dataset from an ``.npz`` file.
 
     Keys: ``kinds`` (string array of ``name=kind``), one array per declared modality (first axis = samples):
-    images [N,H,W] in [0,1] (uint8 is scaled by 1/255), text [N] strings, audio [N,T] waveforms in [-1,1]
+    images [N,H,W] (grey) or [N,H,W,3] (RGB) in [0,1] (uint8 is scaled by 1/255), text [N] strings, audio [N,T] waveforms in [-1,1]
     plus ``sample_rate``; optional ``labels`` [N] integers and ``mask`` [N,M] (0/1, in ``kinds`` order).
     """
     path = Path(path)

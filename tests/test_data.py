@@ -235,3 +235,14 @@ def test_unreadable_and_missing_files(tmp_path):
         load_npz_dataset(tmp_path / "nope.npz")
     with pytest.raises(FastMMGANError, match="unknown built-in dataset 'mnist'"):
         load_dataset("mnist")
+
+
+def test_npz_colour_images(tmp_path):
+    """An .npz image array [N, H, W, 3] is an RGB modality whose features are the pixels in H, W, C order."""
+    images = np.stack([red_left_blue_right(), red_left_blue_right()[::-1, ::-1]]).repeat(3, axis=0)
+    ds = load_npz_dataset(_write_npz(tmp_path / "c.npz", kinds=np.array(["pic=image", "tag=text"]),
+                                     pic=(images * 255).astype(np.uint8), tag=np.array(["red left", "blue left"] * 3)))
+    assert ds.specs[0].channels == 3 and ds.specs[0].image_shape == (4, 6)
+    np.testing.assert_array_equal(ds.specs[0].decode(ds.features[0][:2]), images[:2])
+    with pytest.raises(FastMMGANError, match=r"\[N, H, W\] \(grey\) or \[N, H, W, 3\] \(RGB\)"):
+        load_npz_dataset(_write_npz(tmp_path / "b.npz", kinds=np.array(["pic=image"]), pic=np.zeros((4, 2, 2, 2))))
