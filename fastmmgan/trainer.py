@@ -88,7 +88,8 @@ class Trainer:
             raise FastMMGANError(f"batch-size {cfg.batch_size} is larger than the training split ({len(self.train_ds)} samples)")
         self.specs = ds.specs
         models = build_models(self.train_ds, cfg, self.device)
-        self.data_on_device = self._place_training_data()
+        self.batches_ds = self._batch_source()
+        self.data_on_device = self.batches_ds is not self.train_ds
         self.G, self.D, self.ema, self.opt_g, self.opt_d = models.G, models.D, models.ema, models.opt_g, models.opt_d
         self.step = 0
         if resume is not None:
@@ -109,17 +110,17 @@ class Trainer:
             ds, self.prepared = open_dataset(self.cfg, progress=False)
         return ds
 
-    def _place_training_data(self) -> bool:
-        """On CUDA, move the training features to the device when ``--data-on-device`` says so (auto: when
-        they take at most a quarter of the free device memory); batches are then gathered there."""
+    def _batch_source(self) -> MultimodalDataset:
+        """What batches are drawn from: the training split, with its features moved to the GPU when
+        ``--data-on-device`` says so (auto: when they take at most a quarter of the free device memory).
+        Evaluation keeps reading the split on the CPU."""
         if self.device.type != "cuda" or self.cfg.data_on_device == "no":
-            return False
+            return self.train_ds
         need = stored_bytes(self.train_ds)
         free = torch.cuda.mem_get_info(self.device)[0]
         if self.cfg.data_on_device == "auto" and need > free / 4:
-            return False
-        self.train_ds = self.train_ds.features_to(self.device)
-        return True
+            return self.train_ds
+        return self.train_ds.features_to(self.device)
 
     def _batches(self) -> BatchPrefetcher:
         """Step inputs for steps from now on, drawn one step ahead in a thread where ``--prefetch`` says so
@@ -127,7 +128,7 @@ class Trainer:
         ahead = self.cfg.prefetch == "yes" or (self.cfg.prefetch == "auto" and self.device.type == "cuda"
                                                and not self.data_on_device)
         cfg, rank, world = self.cfg, self.dist.rank, self.dist.world
-        return BatchPrefetcher(lambda step: draw_step_inputs(self.train_ds, step, cfg, rank, world), cfg.steps,
+        return BatchPrefetcher(lambda step: draw_step_inputs(self.batches_ds, step, cfg, rank, world), cfg.steps,
                                ahead=ahead, pin=ahead and self.device.type == "cuda")
 
     def _build_step(self) -> Callable[[StepInputs], dict[str, torch.Tensor]]:
