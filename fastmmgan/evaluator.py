@@ -212,14 +212,18 @@ class Evaluator:
                     out.update(self._colour_scores(key, src, dst, fake[b], colours, pred == labels))
         return out
 
-    def _named_colours(self, idx: torch.Tensor) -> torch.Tensor | None:
-        """The palette colour each test row ``idx``'s caption names ([n] int64, -1 none), for datasets whose
-        captions name colours and that have a colour image (None otherwise)."""
+    def _named_colours(self, idx: torch.Tensor, ds: MultimodalDataset | None = None) -> torch.Tensor | None:
+        """The palette colour the caption of each row ``idx`` of ``ds`` (default: the test split) names ([n]
+        int64, -1 none), for datasets whose captions name colours and that have a colour image (None otherwise)."""
         text = next((m for m, s in enumerate(self.specs) if names_colours(s)), None)
         has_colour_image = any(s.kind == "image" and s.channels == 3 for s in self.specs)
         if text is None or not has_colour_image:
             return None
-        return caption_colour(self.specs[text], self.test_ds.features[text][idx])
+        return caption_colour(self.specs[text], (ds or self.test_ds).features[text][idx])
+
+    def _pins_colour(self, spec: ModalitySpec) -> bool:
+        """Whether a condition of this modality fixes the colour (a caption naming it, or a colour image)."""
+        return names_colours(spec) or (spec.kind == "image" and spec.channels == 3)
 
     def _colour_scores(self, key: str, src: ModalitySpec, dst: ModalitySpec, fake: torch.Tensor,
                        colours: torch.Tensor | None, label_ok: torch.Tensor) -> dict[str, float]:
@@ -264,14 +268,17 @@ class Evaluator:
             idx = _condition_rows(rows, conditions, seed + 101 + a).repeat_interleave(PER_CONDITION)
             fake = generate({src.name: self.test_ds.features[a][idx]}, len(idx), seed + 101 + a)
             classes = labels[idx].view(conditions, PER_CONDITION)[:, 0]
+            # Where the condition also fixes a colour (colour-digits' captions and images), real samples of one
+            # condition share label and colour: the spread is measured against those.
+            colours = self._named_colours(idx[::PER_CONDITION]) if self._pins_colour(src) else None
             for b, dst in enumerate(self.specs):
                 if b == a:
                     continue
                 key = f"{src.name}_to_{dst.name}"
                 groups = fake[b].view(conditions, PER_CONDITION, -1)
                 embedded = self.evaluators.embed(dst.name, fake[b]).view(conditions, PER_CONDITION, -1)
-                out[f"spread/{key}"] = _spread(groups) / self._real_spread(b, classes, embed=False)
-                out[f"spread_embed/{key}"] = _spread(embedded) / self._real_spread(b, classes, embed=True)
+                out[f"spread/{key}"] = _spread(groups) / self._real_spread(b, classes, embed=False, colours=colours)
+                out[f"spread_embed/{key}"] = _spread(embedded) / self._real_spread(b, classes, embed=True, colours=colours)
                 recall, floor = self._class_recall(b, classes, embedded, k)
                 out[f"cond_recall/{key}"], out[f"cond_recall_floor/{key}"] = recall, floor
                 if dst.kind == "text":
@@ -285,15 +292,22 @@ class Evaluator:
         """Rows of ``ds`` whose label is ``label`` and whose modality ``m`` is present."""
         return torch.nonzero(ds.mask[:, m] & (ds.labels == label)).flatten()
 
-    def _real_spread(self, m: int, classes: torch.Tensor, embed: bool) -> float:
-        """The real train split's mean within-class pairwise distance of modality ``m``, weighted as ``classes``."""
-        per_class = {}
-        for label in classes.unique().tolist():
-            x = self.train_ds.features[m][self._class_rows(self.train_ds, m, label)]
+    def _real_spread(self, m: int, classes: torch.Tensor, embed: bool, colours: torch.Tensor | None = None) -> float:
+        """The real train split's mean within-class pairwise distance of modality ``m``, weighted as ``classes``
+        (with ``colours``, per condition row: within label and named colour)."""
+        keys = [(int(c), -1 if colours is None else int(k)) for c, k in
+                zip(classes, colours if colours is not None else classes, strict=True)]
+        train_colours = None if colours is None else self._named_colours(torch.arange(len(self.train_ds)), self.train_ds)
+        per_key = {}
+        for label, colour in set(keys):
+            rows = self._class_rows(self.train_ds, m, label)
+            if train_colours is not None and colour >= 0:
+                rows = rows[train_colours[rows] == colour]
+            x = self.train_ds.features[m][rows]
             if embed:
                 x = self.evaluators.embed(self.specs[m].name, x)
-            per_class[label] = _mean_pairwise(x) if len(x) >= 2 else float("nan")
-        spread = sum(per_class[int(c)] for c in classes) / len(classes)
+            per_key[(label, colour)] = _mean_pairwise(x) if len(x) >= 2 else float("nan")
+        spread = sum(per_key[k] for k in keys) / len(keys)
         return spread if spread > 0 else float("nan")
 
     def _class_recall(self, m: int, classes: torch.Tensor, embedded: torch.Tensor, k: int) -> tuple[float, float]:

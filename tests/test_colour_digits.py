@@ -95,3 +95,44 @@ def test_the_evaluator_scores_colour_from_the_condition():
     red = evaluator.evaluate(_Painter(specs, always_red=True), n=64)
     assert red["colour_acc/caption_to_image"] < 0.4
     assert "colour_acc/caption_to_caption" not in red and "colour_acc/image_to_image" not in red
+
+
+class _Resampler(nn.Module):
+    """A stand-in generator whose caption -> image samples are real training images of the digit and colour the
+    caption names, drawn at random: exactly as varied as the data of that condition."""
+
+    def __init__(self, specs, train):
+        super().__init__()
+        self.specs, self.z_dim, self.pool = specs, 4, train
+
+    def forward(self, z, xs, mask):
+        image, text = self.specs
+        images, captions = self.pool
+        words = text.decode(xs[1])
+        gen = torch.Generator().manual_seed(int(z[0, 0].abs() * 1000))
+        out = torch.zeros(len(z), image.dim)
+        for i, caption in enumerate(words):
+            if not bool(mask[i, 1]):
+                continue
+            digit = next(d for d in range(10) if DIGIT_WORDS[d] in caption.split() or str(d) in caption.split())
+            same = [j for j, c in enumerate(captions) if text_colour(c) == text_colour(caption)
+                    and (DIGIT_WORDS[digit] in c.split() or str(digit) in c.split())]
+            out[i] = images[same[int(torch.randint(len(same), (1,), generator=gen))]]
+        return [out, xs[1]]
+
+
+def test_spread_is_measured_against_samples_of_the_same_digit_and_colour():
+    """A caption fixes digit and colour, so real samples of one condition share both: a generator that draws real
+    images of the caption's digit and colour has spread near 1 (against the digit alone it would read far lower)."""
+    rows = _rows("colour-digits", seed=0)
+    captions = [r[1] for r in rows]
+    vocab = tuple(dict.fromkeys(w for c in captions for w in c.split()))
+    specs = (ModalitySpec("image", "image", image_shape=(16, 16), channels=3), ModalitySpec("caption", "text", vocab=vocab))
+    n = len(rows)
+    feats = (torch.from_numpy(np.stack([r[0] for r in rows]).reshape(n, -1) / 255.0).float(), specs[1].encode(captions))
+    ds = MultimodalDataset(specs, feats, torch.ones(n, 2, dtype=torch.bool), torch.tensor([r[3] for r in rows]))
+    train, test = ds.split(0.2, seed=0)
+    evaluator = Evaluator.build(train, test, seed=0)
+    train_captions = specs[1].decode(train.features[1][:])
+    scores = evaluator.evaluate(_Resampler(specs, (train.features[0][:], train_captions)), n=96)
+    assert 0.8 < scores["spread/caption_to_image"] < 1.25, scores["spread/caption_to_image"]
