@@ -215,8 +215,8 @@ def load_npz_dataset(path: str | Path) -> MultimodalDataset:
     """A user dataset from an ``.npz`` file.
 
     Keys: ``kinds`` (string array of ``name=kind``), one array per declared modality (first axis = samples):
-    images [N,H,W] (grey) or [N,H,W,3] (RGB) in [0,1] (uint8 is scaled by 1/255), text [N] strings, audio [N,T] waveforms in [-1,1]
-    plus ``sample_rate``; optional ``labels`` [N] integers and ``mask`` [N,M] (0/1, in ``kinds`` order).
+    images [N,H,W] (grey) or [N,H,W,3] (RGB) in [0,1] (uint8 is scaled by 1/255), text [N] strings, audio [N,T]
+    waveforms in [-1,1] plus ``sample_rate``; optional ``labels`` [N] integers and ``mask`` [N,M] (0/1, in ``kinds`` order).
     """
     path = Path(path)
     if not path.is_file():

@@ -17,7 +17,9 @@ fit in memory as float32.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import logging
@@ -25,7 +27,7 @@ import os
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -221,14 +223,18 @@ def _decode_cell(spec: ModalitySpec, cell: Any, index: dict[str, int] | None) ->
 def _build(table: Table, mods: list[Modality], specs: list[ModalitySpec], problems: _Problems, tmp: Path,
            progress: bool) -> dict[str, Any]:
     n, m = len(table), len(mods)
-    arrays = {}
-    for k, spec in enumerate(specs):
-        shape, dtype = _stored_shape(spec)
-        arrays[k] = np.lib.format.open_memmap(tmp / f"modality{k}.npy", mode="w+", dtype=dtype, shape=(n, *shape))
+    layouts = [_stored_shape(spec) for spec in specs]
+    need = sum(n * int(np.prod(shape)) * np.dtype(dtype).itemsize for shape, dtype in layouts)
+    free = shutil.disk_usage(tmp).free
+    if need > free:
+        raise FastMMGANError(f"the prepared dataset needs {need / 1e9:.2f} GB and {tmp.parent} has {free / 1e9:.2f} GB "
+                             "free; point --cache-dir (or $FASTMMGAN_CACHE) at a larger disk")
+    arrays = {k: np.lib.format.open_memmap(tmp / f"modality{k}.npy", mode="w+", dtype=dtype, shape=(n, *shape))
+              for k, (shape, dtype) in enumerate(layouts)}
     lengths = np.zeros((n, m), dtype=np.int64)
     mask = np.zeros((n, m), dtype=bool)
     indexes = [{w: j for j, w in enumerate(s.vocab)} if s.kind == "text" else None for s in specs]
-    files = sum(1 for mod in mods if mod.kind != "text" for c in table.cells[mod.column] if c is not None)
+    files = _file_count(table, mods)
     t0 = time.perf_counter()
     with _bar(files, "decode", progress) as bar:
         for i in range(n):
@@ -266,18 +272,29 @@ def _key(table: Table, mods: list[Modality], settings: PrepareSettings) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-def _remove_stale(folder: Path) -> None:
-    """Temporary folders of killed preparations (their process is gone)."""
-    for tmp in folder.glob(".*.*.tmp"):
+@contextlib.contextmanager
+def _key_lock(folder: Path, key: str, wait: bool = True) -> Iterator[bool]:
+    """An exclusive lock on one cache key (``flock`` on ``.<key>.lock``), held by the process that checks, builds
+    and renames that cache: a second process (another torchrun rank, another run of the same data) waits here,
+    with no deadline, then finds the cache complete. With ``wait=False``, yields whether the lock was free."""
+    with open(folder / f".{key}.lock", "a") as handle:
         try:
-            pid = int(tmp.name.split(".")[2])
-            os.kill(pid, 0)
-            continue  # still preparing
-        except (ValueError, ProcessLookupError):
-            pass
-        except PermissionError:
-            continue
-        shutil.rmtree(tmp, ignore_errors=True)
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _remove_stale(folder: Path) -> None:
+    """Temporary folders of killed preparations: those whose key's lock nobody holds."""
+    for tmp in folder.glob(".*.tmp"):
+        with _key_lock(folder, tmp.name[1:-4], wait=False) as free:
+            if free:
+                shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _open(cache: Path) -> tuple[MultimodalDataset, dict[str, Any]]:
@@ -326,45 +343,57 @@ def prepare(data: str, settings: PrepareSettings = PrepareSettings(), root: str 
     key = _key(table, mods, settings)
     cache = folder / key
     if _complete(cache):
-        ds, manifest = _open(cache)
-        return Prepared(ds, cache, True, manifest["bad_files"], manifest["notes"])
+        return _prepared(cache, reused=True)
     folder.mkdir(parents=True, exist_ok=True)
+    with _key_lock(folder, key):
+        if _complete(cache):  # another process prepared it while this one waited
+            return _prepared(cache, reused=True)
+        _build_cache(table, mods, settings, folder, key, progress)
     _remove_stale(folder)
+    return _prepared(cache, reused=False)
+
+
+def _prepared(cache: Path, reused: bool) -> Prepared:
+    ds, manifest = _open(cache)
+    return Prepared(ds, cache, reused, manifest["bad_files"], manifest["notes"])
+
+
+def _build_cache(table: Table, mods: list[Modality], settings: PrepareSettings, folder: Path, key: str,
+                 progress: bool) -> None:
+    """Scan, decode and write the cache ``folder/key`` through a temporary folder (the caller holds the key's lock)."""
+    cache, tmp = folder / key, folder / f".{key}.tmp"
     if cache.exists():  # a cache without its manifest: never complete, so never used
         log.warning("rebuilding the incomplete prepared dataset %s", cache)
         shutil.rmtree(cache, ignore_errors=True)
-    tmp = folder / f".{key}.{os.getpid()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(tmp, ignore_errors=True)  # a killed preparation of this key (its lock is ours now)
     tmp.mkdir()
     try:
         problems = _Problems(table, settings.skip_bad_files)
-        notes: dict[str, Any] = {}
+        notes: dict[str, Any] = {"captions": {}}
         specs = []
-        headers = sum(1 for mod in mods if mod.kind != "text" for c in table.cells[mod.column] if c is not None)
-        with _bar(headers, "scan", progress) as bar:
+        with _bar(_file_count(table, mods), "scan", progress) as bar:
             for mod in mods:
                 if mod.kind == "image":
                     specs.append(_scan_images(table, mod, settings, problems, bar))
                 elif mod.kind == "audio":
                     specs.append(_scan_audio(table, mod, settings, problems, bar))
                 else:
-                    spec, notes[mod.name] = _scan_text(table, mod, settings)
+                    spec, notes["captions"][mod.name] = _scan_text(table, mod, settings)
                     specs.append(spec)
-        notes.update(_build(table, mods, specs, problems, tmp, progress))
+        notes["decode"] = _build(table, mods, specs, problems, tmp, progress)
         files = sorted(p.name for p in tmp.iterdir())
-        bad = list(problems.found.values())
         manifest = {"version": CACHE_VERSION, "source": table.source, "rows": len(table),
-                    "specs": [s.to_dict() for s in specs], "files": files, "bad_files": bad, "notes": notes}
+                    "specs": [s.to_dict() for s in specs], "files": files, "bad_files": list(problems.found.values()),
+                    "notes": notes}
         atomic_write_bytes(tmp / MANIFEST, json.dumps(manifest, indent=1).encode())
-        try:
-            os.replace(tmp, cache)
-        except OSError:  # another process finished the same preparation first: use its copy
-            if not _complete(cache):
-                raise
+        os.replace(tmp, cache)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    ds, manifest = _open(cache)
-    return Prepared(ds, cache, False, manifest["bad_files"], manifest["notes"])
+
+
+def _file_count(table: Table, mods: list[Modality]) -> int:
+    """Files to read (image and audio cells present), for the progress bars."""
+    return sum(1 for mod in mods if mod.kind != "text" for c in table.cells[mod.column] if c is not None)
 
 
 def open_dataset(cfg: Any, progress: bool = True) -> tuple[MultimodalDataset, Prepared | None]:

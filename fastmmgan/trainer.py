@@ -100,14 +100,10 @@ class Trainer:
         self.step_fn = self._build_step()
 
     def _open_data(self, progress: bool) -> MultimodalDataset:
-        """The run's dataset; files are prepared once, by rank 0, while the other processes wait, then opened
-        from the cache by all."""
-        if self.dist.is_main:
-            ds, self.prepared = open_dataset(self.cfg, progress=progress)
-            barrier(self.dist)
-        else:
-            barrier(self.dist)
-            ds, self.prepared = open_dataset(self.cfg, progress=False)
+        """The run's dataset. Files are prepared once: under torchrun the first process to take the cache's lock
+        prepares while the others wait on it (a file lock, not a collective, so a preparation may take longer
+        than --dist-timeout), then every process opens the same cache."""
+        ds, self.prepared = open_dataset(self.cfg, progress=progress and self.dist.is_main)
         return ds
 
     def _batch_source(self) -> MultimodalDataset:
@@ -272,7 +268,7 @@ class Trainer:
             return
         p = self.prepared
         log.event("data", cache=str(p.cache_dir), reused=p.reused, rows=len(p.dataset), on_device=self.data_on_device,
-                  **p.notes)
+                  **p.notes.get("decode", {}), captions=p.notes.get("captions", {}))
         if p.bad_files:
             lines = "".join(json.dumps({"file": f, "row": w, "reason": r}) + "\n" for f, w, r in p.bad_files)
             atomic_write_bytes(self.out / "bad_files.jsonl", lines.encode())

@@ -166,7 +166,7 @@ def test_max_vocab_keeps_the_most_frequent_words(tmp_path, caplog):
     _write_jsonl(d, [{"file_name": "x.png", "caption": c} for c in ["red cat", "red dog", "red cat", "blue fish"]])
     p = _prep(d, tmp_path, max_vocab=2)
     assert p.dataset.specs[1].vocab == ("red", "cat")
-    assert p.notes["caption"] == {"vocab": 2, "words_seen": 5, "dropped_words": 3, "dropped_occurrences": 3}
+    assert p.notes["captions"]["caption"] == {"vocab": 2, "words_seen": 5, "dropped_words": 3, "dropped_occurrences": 3}
     assert p.dataset.mask[:, 1].tolist() == [True, True, True, False]  # "blue fish" has no kept word
     assert "keeps 2 of 5 words" in caplog.text
 
@@ -314,8 +314,9 @@ def test_bad_input_is_one_line_naming_the_file_and_row(tmp_path, case):
         _prep(folder, tmp_path)
     message = str(info.value)
     assert name in message and where in message and "\n" not in message, message
-    assert not (tmp_path / "cache" / "prepared").exists() or not [
-        p for p in (tmp_path / "cache" / "prepared").iterdir()]  # nothing half-written left behind
+    prepared = tmp_path / "cache" / "prepared"
+    assert not prepared.exists() or not [p for p in prepared.iterdir() if not p.name.endswith(".lock")], \
+        "a half-written cache was left behind"
 
 
 def test_bad_input_through_the_cli_exits_2_with_one_line(tmp_path, capsys):
@@ -369,3 +370,22 @@ def test_audio_is_cropped_at_random_in_training_and_at_the_centre_otherwise(tmp_
     assert len(starts) >= 4  # different crops, not the centre every time
     # A clip shorter than the window is padded, the same in training and evaluation.
     torch.testing.assert_close(col.draw(torch.tensor([1]), torch.Generator().manual_seed(0)), col[[1]])
+
+
+def test_two_processes_preparing_the_same_data_build_it_once(tmp_path):
+    """Two runs started together (torchrun's ranks, a seed sweep): the first to take the cache's lock prepares,
+    the other waits for it, then opens the same cache."""
+    d = tmp_path / "shared"
+    d.mkdir()
+    img = _rgb(32, 32)
+    for i in range(3000):
+        Image.fromarray(np.roll(img, i, axis=1)).save(d / f"{i}.png", compress_level=1)
+    _write_jsonl(d, [{"file_name": f"{i}.png", "caption": "a thing"} for i in range(3000)])
+    code = (f"from fastmmgan.prepare import prepare, PrepareSettings; "
+            f"p = prepare({str(d)!r}, PrepareSettings(), root={str(tmp_path / 'cache')!r}, progress=False); "
+            f"print(p.reused, p.cache_dir, int(p.dataset.features[0][2999].sum() * 255))")
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300)[0].split() for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert sorted(o[0] for o in outs) == ["False", "True"]  # built once, reused once
+    assert outs[0][1:] == outs[1][1:] and int(outs[0][2]) == int(np.roll(img, 2999, axis=1).astype(np.int64).sum())
