@@ -19,6 +19,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +45,6 @@ class Table:
     labels: list[int] | None
     fingerprint: str
     row_names: list[str] = field(default_factory=list)
-    label_names: list[str] | None = None
 
     def __len__(self) -> int:
         return len(next(iter(self.cells.values()))) if self.cells else 0
@@ -87,6 +87,17 @@ def _file_modality_name(column: str, kind: str) -> str:
 
 
 def pick_modalities(table: Table, mapping: Mapping[str, str] | None) -> list[Modality]:
+    """The table's modalities (see :func:`_pick`); two with one name are an error."""
+    picked = _pick(table, mapping)
+    names = [m.name for m in picked]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise FastMMGANError(f"{table.source}: two modalities would be named {twice[0]!r} (a file column and a caption "
+                             "column); name them with --modalities")
+    return picked
+
+
+def _pick(table: Table, mapping: Mapping[str, str] | None) -> list[Modality]:
     """The table's modalities: every file column and one caption column by default (the one named like a
     caption when there are several), or exactly those ``mapping`` names (name -> kind; a name is a column,
     or the ``<name>_file_name`` column)."""
@@ -123,17 +134,27 @@ def pick_modalities(table: Table, mapping: Mapping[str, str] | None) -> list[Mod
 # -- folders ------------------------------------------------------------------------------------------------
 
 def _stat_digest(h: Any, path: Path) -> None:
+    """Feed a file's name, size and modification time to ``h`` (file names need not be valid UTF-8)."""
+    h.update(os.fsencode(path))
     try:
         st = path.stat()
-        h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    except OSError:
-        h.update(f"{path}\0missing\n".encode())
+        h.update(f"\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    except (OSError, ValueError):  # ValueError: a name with a NUL byte, which no file can have
+        h.update(b"\0missing\n")
 
 
 def _metadata_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line or row number, record) of a metadata file; one-line errors for a malformed line or row."""
+    try:
+        yield from _metadata_records(path)
+    except UnicodeDecodeError as e:
+        raise FastMMGANError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); save the metadata as UTF-8") from None
+
+
+def _metadata_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    # utf-8-sig: a spreadsheet's byte-order mark would otherwise become part of the first column's name.
     if path.suffix == ".jsonl":
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             for number, line in enumerate(f, 1):
                 if not line.strip():
                     continue
@@ -145,7 +166,7 @@ def _metadata_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                     raise FastMMGANError(f"{path} line {number}: expected a JSON object, got {type(record).__name__}")
                 yield number, record
         return
-    with open(path, encoding="utf-8", newline="") as f:
+    with open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.DictReader(f)
         if not reader.fieldnames:
             raise FastMMGANError(f"{path}: the CSV has no header row")
@@ -155,6 +176,18 @@ def _metadata_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 raise FastMMGANError(f"{path} row {number}: {len(record) - missing + len(extra)} fields where the header "
                                      f"has {len(reader.fieldnames)} ({', '.join(reader.fieldnames)})")
             yield number, record
+
+
+def _label(value: Any, where: str) -> int:
+    """An integer label (a JSON integer or an integer string) in int64's range; one-line error otherwise."""
+    try:
+        label = int(value) if isinstance(value, int) and not isinstance(value, bool) else int(str(value).strip(), 10) \
+            if isinstance(value, str) else None
+    except ValueError:
+        label = None
+    if label is None or not -(2**62) < label < 2**62:
+        raise FastMMGANError(f"{where}: {LABEL_COLUMN} must be an integer, got {value!r:.40}")
+    return label
 
 
 def _cell(value: Any) -> Any:
@@ -178,7 +211,7 @@ def _metadata_table(root: Path, meta: Path) -> Table:
         for c in cells:
             value = _cell(record.get(c))
             if c in file_columns and value is not None:
-                if not isinstance(value, str):
+                if not isinstance(value, str) or "\0" in value:
                     raise FastMMGANError(f"{meta} row {number}: {c} must be a file name, got {value!r:.40}")
                 kind = kind_of_path(value)
                 if kind is None:
@@ -194,10 +227,7 @@ def _metadata_table(root: Path, meta: Path) -> Table:
                 value = str(value)
             cells[c].append(value)
         if labels is not None:
-            label = record.get(LABEL_COLUMN)
-            if not (isinstance(label, int) or (isinstance(label, str) and label.strip().lstrip("-").isdigit())):
-                raise FastMMGANError(f"{meta} row {number}: {LABEL_COLUMN} must be an integer, got {label!r:.40}")
-            labels.append(int(label))
+            labels.append(_label(record.get(LABEL_COLUMN), f"{meta} row {number}"))
     cells = {c: v for c, v in cells.items() if c in columns}
     for c in cells:
         values = [v for v in cells[c] if v is not None]
@@ -237,7 +267,7 @@ def _class_folder_table(root: Path) -> Table:
         if all(label is not None for label, _ in keys):
             labels = [used.index(label) for label, _ in keys]
     where = [", ".join(str(p) for p in rows[key].values()) for key in keys]
-    return Table(str(root), columns, cells, labels, h.hexdigest(), where, label_names=used or None)
+    return Table(str(root), columns, cells, labels, h.hexdigest(), where)
 
 
 def folder_table(root: str | Path) -> Table:
@@ -245,6 +275,7 @@ def folder_table(root: str | Path) -> Table:
     root = Path(root)
     if not root.is_dir():
         raise FastMMGANError(f"data folder not found: {root}")
+    root = root.resolve()  # the same folder named from elsewhere is the same data
     metas = [root / name for name in METADATA_FILES if (root / name).is_file()]
     if len(metas) > 1:
         raise FastMMGANError(f"{root}: both metadata.jsonl and metadata.csv; keep one")
@@ -253,10 +284,28 @@ def folder_table(root: str | Path) -> Table:
 
 # -- Hugging Face datasets ----------------------------------------------------------------------------------
 
+SPLIT_WORDS = ("train", "test", "validation", "valid", "val", "dev", "eval")
+
+
+def _train_files(path: Path, suffix: str) -> list[Path]:
+    """The ``*.suffix`` files to train on: ``path`` itself, or those in folder ``path``; where the file names
+    carry split names (the Hub's ``data/train-00000-of-00002.parquet`` layout), only the train split's."""
+    if path.is_file():
+        return [path] if path.suffix == f".{suffix}" else []
+    files = sorted(path.glob(f"**/*.{suffix}"))
+    words = {f: set(re.split(r"[^a-z]+", str(f.relative_to(path)).lower())) for f in files}
+    splits = {f: next((w for w in SPLIT_WORDS if w in words[f]), None) for f in files}
+    if not any(splits.values()):
+        return files
+    train = [f for f, split in splits.items() if split == "train"]
+    if not train:
+        found = ", ".join(sorted({s for s in splits.values() if s}))
+        raise FastMMGANError(f"hf:{path}: split files without a train split ({found})")
+    return train
+
+
 def _open_hf(path: Path) -> Any:
     """A ``datasets.Dataset`` from ``save_to_disk`` output or a folder of parquet/arrow files, offline."""
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         import datasets
     except ImportError:
@@ -267,12 +316,12 @@ def _open_hf(path: Path) -> Any:
         if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
             ds = datasets.load_from_disk(str(path))
         else:
-            parquet = sorted(str(p) for p in path.glob("**/*.parquet")) if path.is_dir() else [str(path)]
-            arrow = sorted(str(p) for p in path.glob("**/*.arrow")) if path.is_dir() else []
-            if parquet and parquet[0].endswith(".parquet"):
-                ds = datasets.Dataset.from_parquet(parquet)
-            elif arrow or str(path).endswith(".arrow"):
-                ds = datasets.concatenate_datasets([datasets.Dataset.from_file(p) for p in (arrow or [str(path)])])
+            parquet = _train_files(path, "parquet")
+            arrow = [] if parquet else _train_files(path, "arrow")
+            if parquet:
+                ds = datasets.Dataset.from_parquet([str(p) for p in parquet])
+            elif arrow:
+                ds = datasets.concatenate_datasets([datasets.Dataset.from_file(str(p)) for p in arrow])
             else:
                 raise FastMMGANError(f"hf:{path}: neither a saved dataset (dataset_info.json) nor parquet/arrow files")
     except FastMMGANError:
@@ -286,29 +335,42 @@ def _open_hf(path: Path) -> Any:
     return ds
 
 
-def _hf_file(value: Any) -> Any:
-    """An undecoded ``Image``/``Audio`` cell ({"bytes", "path"}) as bytes or a path (None when empty)."""
+def _hf_file(value: Any, base: Path) -> Any:
+    """An undecoded ``Image``/``Audio`` cell ({"bytes", "path"}) as its bytes, or as its file (a relative path is
+    taken relative to the dataset's folder); None when empty."""
     if value is None:
         return None
     if isinstance(value, dict):
         if value.get("bytes"):
             return bytes(value["bytes"])
-        return Path(value["path"]) if value.get("path") else None
+        return base / value["path"] if value.get("path") else None
     return value
 
 
 class _HFColumn(Sequence):
     """One file column of a Hugging Face dataset, read a row at a time (its bytes never all in memory at once)."""
 
-    def __init__(self, ds: Any, name: str) -> None:
+    def __init__(self, ds: Any, name: str, base: Path) -> None:
         self.column = ds.select_columns([name])
-        self.name = name
+        self.name, self.base = name, base
 
     def __len__(self) -> int:
         return len(self.column)
 
     def __getitem__(self, i: int) -> Any:  # type: ignore[override]
-        return _hf_file(self.column[int(i)][self.name])
+        return _hf_file(self.column[int(i)][self.name], self.base)
+
+
+def _referenced_files(ds: Any, name: str, base: Path) -> list[Path]:
+    """The files a file column names instead of embedding their bytes (read from the arrow table's ``path``
+    and ``bytes`` fields, without loading any bytes): their sizes and times go into the cache key."""
+    files = []
+    for chunk in ds.data.column(name).chunks:
+        embedded = chunk.field("bytes").is_valid().to_pylist()
+        for has_bytes, p in zip(embedded, chunk.field("path").to_pylist(), strict=True):
+            if not has_bytes and p:
+                files.append(base / p)
+    return files
 
 
 def hf_table(path: str | Path) -> Table:
@@ -334,17 +396,27 @@ def hf_table(path: str | Path) -> Table:
             label_column = name
     if len(ds) == 0:
         raise FastMMGANError(f"hf:{path}: the dataset is empty")
+    base = (path if path.is_dir() else path.parent).resolve()
     # File columns stay in the dataset's memory-mapped arrow table, read row by row as they are decoded.
-    cells: dict[str, Sequence[Any]] = {name: _HFColumn(ds, name) if kind != "text" else [_cell(v) for v in ds[name]]
+    cells: dict[str, Sequence[Any]] = {name: _HFColumn(ds, name, base) if kind != "text" else [_cell(v) for v in ds[name]]
                                        for name, kind in columns.items()}
     labels = None
     if label_column is not None:
-        labels = [int(v) for v in ds[label_column]]
-        if label_names is not None and "text" not in columns.values():
-            columns[label_column] = "text"
-            cells[label_column] = [label_names[v] for v in labels]
-    fingerprint = hashlib.sha256(f"hf\0{path.resolve()}\0{getattr(ds, '_fingerprint', '')}".encode()).hexdigest()
-    return Table(f"hf:{path}", columns, cells, labels, fingerprint, label_names=label_names)
+        labels = [_label(v, f"hf:{path} row {i}") for i, v in enumerate(ds[label_column])]
+        if label_names is not None:
+            missing = next((i for i, v in enumerate(labels) if not 0 <= v < len(label_names)), None)
+            if missing is not None:
+                raise FastMMGANError(f"hf:{path} row {missing}: {label_column} is {labels[missing]}, not one of its "
+                                     f"{len(label_names)} classes (a missing label?)")
+            if "text" not in columns.values():
+                columns[label_column] = "text"
+                cells[label_column] = [label_names[v] for v in labels]
+    h = hashlib.sha256(f"hf\0{path.resolve()}\0{getattr(ds, '_fingerprint', '')}".encode())
+    for name, kind in columns.items():
+        if kind != "text":
+            for file in _referenced_files(ds, name, base):
+                _stat_digest(h, file)
+    return Table(f"hf:{path}", columns, cells, labels, h.hexdigest())
 
 
 def open_table(data: str) -> Table:

@@ -389,3 +389,75 @@ def test_two_processes_preparing_the_same_data_build_it_once(tmp_path):
     assert all(p.returncode == 0 for p in procs)
     assert sorted(o[0] for o in outs) == ["False", "True"]  # built once, reused once
     assert outs[0][1:] == outs[1][1:] and int(outs[0][2]) == int(np.roll(img, 2999, axis=1).astype(np.int64).sum())
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"file_name,caption\n0.png,caf\xe9\n", "not UTF-8 text"),
+    (b"file_name,caption,label\n0.png,a cat,--1\n", "label must be an integer, got '--1'"),
+    (b"file_name,caption,label\n0.png,a cat,100000000000000000000\n", "label must be an integer"),
+    (b"file_name,image\n0.png,a cat\n", "two modalities would be named 'image'"),
+])
+def test_metadata_problems_are_one_line(tmp_path, content, message):
+    d = tmp_path / "m"
+    d.mkdir()
+    Image.fromarray(_rgb()).save(d / "0.png")
+    (d / "metadata.csv").write_bytes(content)
+    with pytest.raises(FastMMGANError, match=message) as info:
+        _prep(d, tmp_path)
+    assert "\n" not in str(info.value)
+
+
+def test_a_spreadsheets_byte_order_mark_is_not_part_of_the_header(tmp_path):
+    d = tmp_path / "bom"
+    d.mkdir()
+    Image.fromarray(_rgb()).save(d / "0.png")
+    (d / "metadata.csv").write_bytes("file_name,caption\n0.png,a cat\n".encode("utf-8-sig"))
+    assert _prep(d, tmp_path).dataset.names == ("image", "caption")
+
+
+def test_hf_dataset_naming_files_sees_them_change(tmp_path):
+    """A dataset that stores paths, not bytes (parquet written by pyarrow, as other tools write it): a changed
+    file prepares a new cache (its size and time are in the key), and relative paths are read against the
+    dataset's folder."""
+    import datasets
+    import pyarrow.parquet as pq
+
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    for i in range(3):
+        Image.fromarray(_rgb(seed=i)).save(saved / f"{i}.png")
+    features = datasets.Features({"image": datasets.Image(decode=False), "caption": datasets.Value("string")})
+    hf = datasets.Dataset.from_dict({"image": [{"bytes": None, "path": f"{i}.png"} for i in range(3)],
+                                     "caption": ["a", "b c", "d"]}, features=features)
+    pq.write_table(hf.data.table, saved / "part.parquet")
+    first = _prep(f"hf:{saved}", tmp_path)
+    np.testing.assert_array_equal(first.dataset.features[0][1].reshape(6, 5, 3).numpy() * 255, _rgb(seed=1))
+    Image.fromarray(_rgb(seed=7)).save(saved / "1.png")
+    os.utime(saved / "1.png", ns=(5, 5))
+    second = _prep(f"hf:{saved}", tmp_path)
+    assert not second.reused and second.cache_dir != first.cache_dir
+    np.testing.assert_array_equal(second.dataset.features[0][1].reshape(6, 5, 3).numpy() * 255, _rgb(seed=7))
+
+
+def test_hf_parquet_files_of_several_splits_train_on_the_train_split(tmp_path):
+    import datasets
+
+    (tmp_path / "hub" / "data").mkdir(parents=True)
+    for split, words in (("train", ["red", "green"]), ("test", ["blue", "blue"])):
+        out = tmp_path / "hub" / "data" / f"{split}-00000-of-00001.parquet"
+        datasets.Dataset.from_dict({"caption": words}).to_parquet(str(out))
+    ds = _prep(f"hf:{tmp_path / 'hub'}", tmp_path).dataset
+    assert ds.specs[0].vocab == ("red", "green")
+    (tmp_path / "hub" / "data" / "train-00000-of-00001.parquet").unlink()
+    with pytest.raises(FastMMGANError, match=r"split files without a train split \(test\)"):
+        _prep(f"hf:{tmp_path / 'hub'}", tmp_path)
+
+
+def test_hf_class_label_missing_is_named(tmp_path):
+    import datasets
+
+    hf = datasets.Dataset.from_dict({"caption": ["a", "b"], "label": [0, -1]}).cast_column(
+        "label", datasets.ClassLabel(names=["x", "y"]))
+    hf.save_to_disk(str(tmp_path / "s"))
+    with pytest.raises(FastMMGANError, match=r"row 1: label is -1, not one of its 2 classes"):
+        _prep(f"hf:{tmp_path / 's'}", tmp_path)
