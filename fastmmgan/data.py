@@ -97,7 +97,7 @@ def stored_bytes(ds: MultimodalDataset) -> int:
     total = 0
     for x in ds.features:
         if isinstance(x, FeatureColumn):
-            total += len(x) * x.storage[:1].numel() * x.storage.element_size()
+            total += len(x) * x.row_bytes
         else:
             total += x.numel() * x.element_size()
     return total

@@ -34,6 +34,10 @@ from .sampler import draw_noise
 from .sampler_protocol import MultimodalSampler
 
 COVERED_RATIO = 0.25
+MAX_ROWS = 20_000
+"""Rows of each split the evaluator reads at most (a seeded subset of a larger split)."""
+MAX_CLASS_ROWS = 2_000
+"""Real rows per class at most in the within-class spread (its pairwise distances are quadratic in them)."""
 PER_CONDITION = 8
 """Noise draws per condition for the conditional-diversity metrics (the sample sheets show as many)."""
 
@@ -125,6 +129,11 @@ def _spread(groups: torch.Tensor) -> float:
     return float((d.sum(dim=(1, 2)) / (n * (n - 1))).mean())
 
 
+def _at_most(ds: MultimodalDataset, rows: int, seed: int) -> MultimodalDataset:
+    """``ds``, or a seeded subset of ``rows`` of its rows when it has more."""
+    return ds if len(ds) <= rows else ds.subset(_seeded_subset(len(ds), rows, seed).sort().values)
+
+
 def _seeded_subset(n_rows: int, size: int, seed: int) -> torch.Tensor:
     return torch.randperm(n_rows, generator=torch.Generator().manual_seed(seed))[:size]
 
@@ -144,7 +153,10 @@ class Evaluator:
     @classmethod
     def build(cls, train_ds: MultimodalDataset, test_ds: MultimodalDataset, cache_path: str | Path | None = None,
               seed: int = 0) -> Evaluator:
-        """Evaluator networks from ``cache_path`` (or trained with ``seed`` and cached there) for these splits."""
+        """Evaluator networks from ``cache_path`` (or trained with ``seed`` and cached there) for these splits,
+        each cut to a seeded :data:`MAX_ROWS` rows when larger (the evaluators and the real statistics hold
+        their rows in memory as float32; a prepared dataset need not fit there)."""
+        train_ds, test_ds = _at_most(train_ds, MAX_ROWS, seed), _at_most(test_ds, MAX_ROWS, seed + 1)
         return cls(train_ds, test_ds, load_or_train_evaluators(train_ds, cache_path, seed))
 
     def _embed_present(self, ds: MultimodalDataset, m: int) -> torch.Tensor:
@@ -303,6 +315,8 @@ class Evaluator:
             rows = self._class_rows(self.train_ds, m, label)
             if train_colours is not None and colour >= 0:
                 rows = rows[train_colours[rows] == colour]
+            if len(rows) > MAX_CLASS_ROWS:
+                rows = rows[_seeded_subset(len(rows), MAX_CLASS_ROWS, label)]
             x = self.train_ds.features[m][rows]
             if embed:
                 x = self.evaluators.embed(self.specs[m].name, x)

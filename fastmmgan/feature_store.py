@@ -57,6 +57,15 @@ class FeatureColumn(abc.ABC):
     def device(self) -> torch.device:
         return self.storage.device
 
+    @property
+    def row_bytes(self) -> int:
+        """Bytes of one stored row."""
+        return self.storage[:1].numel() * self.storage.element_size()
+
+    def _chunk_rows(self) -> int:
+        """Rows in about 64 MB of storage: what bulk reads (a copy to the GPU, a hash) take at a time."""
+        return max(1, (64 << 20) // max(1, self.row_bytes))
+
     def _storage_index(self, index: object) -> torch.Tensor:
         """Any index a tensor takes along its first axis -> int64 indices into ``storage``."""
         if isinstance(index, slice):
@@ -94,20 +103,16 @@ class FeatureColumn(abc.ABC):
         return view
 
     def to(self, device: torch.device | str) -> FeatureColumn:
-        """The same rows with their stored form copied to ``device`` (a GPU-resident prepared dataset)."""
+        """The same rows with their stored form copied to ``device`` (a GPU-resident prepared dataset), in chunks
+        of about 64 MB, so the host never holds a second copy of the column."""
         idx = self._storage_index(slice(None))
         moved = copy.copy(self)
-        moved.storage, moved.rows = self._gather(idx).to(device), None
-        moved._rows_moved(idx)
+        moved.storage = torch.empty((len(idx), *self.storage.shape[1:]), dtype=self.storage.dtype, device=device)
+        chunk = self._chunk_rows()
+        for start in range(0, len(idx), chunk):
+            moved.storage[start : start + chunk] = self._gather(idx[start : start + chunk]).to(device)
+        moved.rows = None
         return moved
-
-    def _rows_moved(self, index: torch.Tensor) -> None:
-        """After :meth:`to` gathered storage rows ``index``: re-index any other per-stored-row state (none here)."""
-        return None
-
-    def materialise(self) -> torch.Tensor:
-        """Every row as one float32 tensor [N, dim] (what an in-memory dataset holds)."""
-        return self[slice(None)]
 
 
 class PixelColumn(FeatureColumn):
@@ -133,14 +138,14 @@ class WaveColumn(FeatureColumn):
         super().__init__(spec, storage, rows)
         self.lengths = lengths
 
-    def _rows_moved(self, index: torch.Tensor) -> None:
-        self.lengths = self.lengths[index]
+    def to(self, device: torch.device | str) -> FeatureColumn:
+        """Audio columns stay in host memory: their features (crop, STFT) are computed on the CPU per batch, and
+        only those go to the device."""
+        return self
 
     def _crop(self, stored: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
-        clip = self.spec.clip_samples
-        if stored.shape[1] < clip:
-            stored = torch.nn.functional.pad(stored, (0, clip - stored.shape[1]))
-        window = starts[:, None] + torch.arange(clip)[None, :]
+        """Windows of ``spec.clip_samples`` from ``starts`` (stored rows hold AUDIO_WINDOWS windows, zero-padded)."""
+        window = starts[:, None] + torch.arange(self.spec.clip_samples)[None, :]
         return torch.gather(stored.float().cpu(), 1, window)
 
     def _spare(self, index: torch.Tensor) -> torch.Tensor:
@@ -165,19 +170,16 @@ def take_rows(column: torch.Tensor | FeatureColumn, index: torch.Tensor) -> torc
     return column.take(index) if isinstance(column, FeatureColumn) else column[index]
 
 
-def as_tensor(column: torch.Tensor | FeatureColumn) -> torch.Tensor:
-    """A column's every row as float32 [N, dim] (a tensor stays as it is)."""
-    return column.materialise() if isinstance(column, FeatureColumn) else column
-
-
 def digest_into(h: object, columns: Sequence[torch.Tensor | FeatureColumn]) -> None:
-    """Feed columns' contents to a hashlib object ``h``: stored bytes and rows, never the float32 expansion."""
+    """Feed columns' contents to a hashlib object ``h``: a column's stored bytes of the rows it views (in chunks
+    of about 64 MB, never the float32 expansion), an in-memory tensor's bytes."""
     for col in columns:
-        if isinstance(col, FeatureColumn):
-            rows = col.rows if col.rows is not None else torch.arange(len(col.storage))
-            h.update(np.asarray(rows.numpy(), dtype=np.int64).tobytes())
-            h.update(repr((type(col).__name__, tuple(col.storage.shape), str(col.storage.dtype))).encode())
-            for start in range(0, len(col.storage), 65536):  # in slices: a dataset larger than memory stays paged
-                h.update(col.storage[start : start + 65536].contiguous().cpu().numpy().tobytes())
-        else:
+        if not isinstance(col, FeatureColumn):
             h.update(col.contiguous().cpu().numpy().tobytes())
+            continue
+        h.update(repr((type(col).__name__, tuple(col.storage.shape[1:]), str(col.storage.dtype))).encode())
+        idx = col._storage_index(slice(None))
+        h.update(idx.numpy().astype(np.int64).tobytes())
+        chunk = col._chunk_rows()
+        for start in range(0, len(idx), chunk):
+            h.update(col._gather(idx[start : start + chunk]).contiguous().cpu().numpy().tobytes())

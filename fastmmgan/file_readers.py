@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au"})
@@ -53,13 +53,32 @@ class ImageInfo:
     grey: bool
 
 
+def _upright_size(img: Image.Image) -> tuple[int, int]:
+    """(height, width) as the image is meant to be seen: EXIF orientations 5-8 (a phone held sideways) swap them."""
+    try:
+        orientation = img.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - a damaged EXIF block: read the image as stored
+        orientation = 1
+    return (img.width, img.height) if orientation in (5, 6, 7, 8) else (img.height, img.width)
+
+
 def image_info(source: Any) -> ImageInfo:
     """The header of an image (no pixel decoding); :class:`BadFile` when it is not an image."""
     try:
         img = _open_image(source)
-        return ImageInfo((img.height, img.width), img.mode in _GREY_MODES)
+        return ImageInfo(_upright_size(img), img.mode in _GREY_MODES)
     except Exception as e:  # noqa: BLE001 - Pillow raises assorted types for damaged files
         raise BadFile(f"not a readable image ({_reason(e)})") from None
+
+
+def _full_scale(mode: str, pixels: np.ndarray) -> float:
+    """The value of white in a wide grey mode: 65535 for 16-bit files, 1 for float images, and for 32-bit
+    integer images 65535 when any value needs more than 8 bits (Pillow opens some 16-bit PNGs as "I"), else 255."""
+    if mode.startswith("I;16"):
+        return 65535.0
+    if mode == "F":
+        return 1.0
+    return 65535.0 if pixels.max(initial=0) > 255 else 255.0
 
 
 def read_image(source: Any, size: tuple[int, int] | None, channels: int) -> np.ndarray:
@@ -69,10 +88,10 @@ def read_image(source: Any, size: tuple[int, int] | None, channels: int) -> np.n
     try:
         img = _open_image(source)
         img.load()  # decode now: a truncated file fails here, not later
+        img = ImageOps.exif_transpose(img)  # upright, as viewers show it (and as datasets' Image feature decodes)
         if img.mode in _WIDE_MODES:  # Pillow's convert("L") clips 16-bit values instead of scaling them
             wide = np.asarray(img, dtype=np.float64)
-            top = 65535.0 if img.mode.startswith("I") and wide.max(initial=0) > 255 else 255.0 if img.mode != "F" else 1.0
-            img = Image.fromarray(np.clip(wide / top * 255.0, 0, 255).round().astype(np.uint8), mode="L")
+            img = Image.fromarray(np.clip(wide / _full_scale(img.mode, wide) * 255.0, 0, 255).round().astype(np.uint8))
         img = img.convert("L" if channels == 1 else "RGB")
         if size is not None and (img.height, img.width) != tuple(size):
             img = img.resize((size[1], size[0]), Image.LANCZOS)
@@ -128,8 +147,12 @@ def read_audio(source: Any, sample_rate: int, max_samples: int | None = None) ->
             rate, frames = int(f.samplerate), int(f.frames)
             start = 0
             if max_samples is not None:
-                keep = min(frames, math.ceil(max_samples * rate / sample_rate) + 64)
-                start = (frames - keep) // 2
+                # resample_poly's filter reaches 10 * max(up, down) / up input samples to each side of an output
+                # sample: keep that much more of the file on each side, so the kept centre is filtered whole.
+                margin = 2 * math.ceil(10 * max(rate, sample_rate) / sample_rate) + 2 if rate != sample_rate else 0
+                keep = min(frames, math.ceil(max_samples * rate / sample_rate) + 2 * margin)
+                step = rate // math.gcd(rate, sample_rate)  # start on the output grid: the samples are the whole file's
+                start = (frames - keep) // 2 // step * step
                 f.seek(start)
                 frames = keep
             data = f.read(frames, dtype="float32", always_2d=True)

@@ -461,3 +461,19 @@ def test_hf_class_label_missing_is_named(tmp_path):
     hf.save_to_disk(str(tmp_path / "s"))
     with pytest.raises(FastMMGANError, match=r"row 1: label is -1, not one of its 2 classes"):
         _prep(f"hf:{tmp_path / 's'}", tmp_path)
+
+
+def test_a_long_clip_at_another_rate_keeps_its_centre_filtered_whole(tmp_path):
+    """A 2 s 48 kHz file stored as four 0.125 s windows at 8 kHz: the same samples as resampling the whole file
+    and cutting out its centre (the cut before resampling keeps the filter's reach on both sides)."""
+    from fastmmgan.file_readers import read_audio
+
+    rng = np.random.default_rng(0)
+    wave = np.clip(rng.normal(0, 0.2, 96000), -1, 1)
+    sf.write(tmp_path / "long.wav", wave, 48000, subtype="FLOAT")
+    got = read_audio(tmp_path / "long.wav", 8000, max_samples=4000)
+    whole = sps.resample_poly(wave.astype(np.float32), 1, 6)
+    centre = (len(whole) - 4000) // 2
+    assert got.shape == (4000,)
+    errors = {s: np.abs(got - np.clip(whole[s : s + 4000], -1, 1)).max() for s in range(centre - 3, centre + 4)}
+    assert min(errors.values()) < 1e-5, errors  # a window of the whole file's samples, at its centre
