@@ -64,6 +64,12 @@ def test_columns_read_rows_lazily_and_as_floats(folder, tmp_path):
     torch.testing.assert_close(test_ds.features[0][torch.tensor([True, False] * 5)], whole[perm[:10:2]])
     # Unsorted, repeated indices come back in the order asked.
     torch.testing.assert_close(images[torch.tensor([5, 1, 5, 0])], whole[[5, 1, 5, 0]])
+    # A copy to a device holds the viewed rows only, in order (chunked: two rows at a time here).
+    test_ds.features[0]._chunk_rows = lambda: 2
+    moved = test_ds.features[0].to("cpu")
+    assert moved.rows is None and len(moved.storage) == 10
+    torch.testing.assert_close(moved[:], whole[perm[:10]])
+    assert test_ds.features[1].to("cpu") is test_ds.features[1]  # audio stays where its STFT runs
 
 
 def test_prefetched_batches_are_the_drawn_batches(folder, tmp_path):
