@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -57,16 +57,17 @@ def train_once(folder: Path, out: Path, steps: int, cache: Path) -> dict[str, ob
     """One training process on the folder: wall seconds, its peak RSS and what it logged about the data."""
     cmd = [sys.executable, "-m", "fastmmgan.train", "--data", str(folder), "--steps", str(steps), "--out", str(out),
            "--cache-dir", str(cache), "--sample-every", "0", "--ckpt-every", "0", "--no-progress", "--log-every", "50"]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    t0 = time.perf_counter()
-    subprocess.run(cmd, check=True)
-    wall = time.perf_counter() - t0
-    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    shutil.rmtree(out, ignore_errors=True)  # its metrics.jsonl would hold an earlier run's lines
+    # A fresh parent per run: RUSAGE_CHILDREN's peak covers that run alone.
+    wrapper = ("import resource, subprocess, sys, time; t = time.perf_counter(); subprocess.run(sys.argv[1:], check=True); "
+               "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    out_line = subprocess.run([sys.executable, "-c", wrapper, *cmd], check=True, capture_output=True, text=True).stdout
+    wall, peak_kib = (float(v) for v in out_line.split()[-2:])
     events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     data = next(e for e in events if e.get("event") == "data")
     rates = [e["steps_per_s"] for e in events if "steps_per_s" in e]
-    return {"wall_s": round(wall, 1), "peak_rss_mib": round(peak_kib / 1024, 1), "rss_is_new_peak": peak_kib > before,
-            "reused": data["reused"], "files_per_s": data.get("files_per_s"), "decode_s": data.get("decode_seconds"),
+    return {"wall_s": round(wall, 1), "peak_rss_mib": round(peak_kib / 1024, 1), "reused": data["reused"],
+            "files_per_s": data.get("files_per_s"), "decode_s": data.get("decode_seconds"),
             "steps_per_s": round(rates[-1], 1) if rates else None}
 
 
