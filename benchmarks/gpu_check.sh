@@ -101,7 +101,8 @@ fi
 # a. The CUDA tests: the kernels on CUDA tensors (GPU-only cases included), dispatch, the compiled step with
 #    the kernels inside (inductor, CUDA graphs) against the eager reference, and the default training command.
 #    The rest of the suite is CPU work that CI already runs.
-run_stage tests "$(stage_limit 150)" "" "$PY" -m pytest -q tests/test_kernels.py tests/test_ops_dispatch.py \
+#    (-o addopts: the machine's pytest may lack pytest-xdist, which the project's addopts ask for.)
+run_stage tests "$(stage_limit 150)" "" "$PY" -m pytest -q -o addopts=-ra tests/test_kernels.py tests/test_ops_dispatch.py \
     tests/test_step.py tests/test_cuda_path.py tests/test_cached_training.py -p no:cacheprovider
 summary "$(last_line "$DIR/tests.log" '[0-9]+ (passed|failed|error|errors|skipped)|no tests ran|ERROR|Error')"
 

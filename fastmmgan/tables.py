@@ -309,7 +309,7 @@ def _open_hf(path: Path) -> Any:
     try:
         import datasets
     except ImportError:
-        raise FastMMGANError("hf: datasets needs the 'datasets' package: pip install datasets") from None
+        raise FastMMGANError("--data hf: needs the datasets package: pip install 'fastmmgan[hf]'") from None
     if not path.exists():
         raise FastMMGANError(f"hf:{path}: not found")
     try:
@@ -375,10 +375,10 @@ def _referenced_files(ds: Any, name: str, base: Path) -> list[Path]:
 
 def hf_table(path: str | Path) -> Table:
     """The table of a Hugging Face dataset on disk; file cells hold the bytes the dataset embeds (or paths)."""
-    import datasets
-
     path = Path(path)
     ds = _open_hf(path)
+    import datasets  # _open_hf has said what to install when it is missing
+
     columns: dict[str, str] = {}
     label_column, label_names = None, None
     for name, feature in ds.features.items():

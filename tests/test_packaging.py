@@ -55,7 +55,8 @@ def test_the_package_is_typed_and_has_one_version():
 
 def test_every_imported_package_is_declared_and_every_declared_one_is_used():
     declared = {_requirement_name(r) for r in PYPROJECT["dependencies"]}
-    declared |= {_requirement_name(r) for r in PYPROJECT["optional-dependencies"]["serve"]}
+    for extra in ("serve", "hf"):
+        declared |= {_requirement_name(r) for r in PYPROJECT["optional-dependencies"][extra]}
     distributions = importlib.metadata.packages_distributions()
     imported = _third_party_imports()
     providers = {name: {d.lower() for d in distributions.get(name, [name])} for name in imported}
@@ -74,6 +75,14 @@ def test_serve_without_its_extra_says_what_to_install(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "fastapi" else real(name, *a))
     with pytest.raises(FastMMGANError, match=r"the HTTP server needs fastapi: pip install 'fastmmgan\[serve\]'"):
         serve.main(["gen.onnx"])
+
+
+def test_hf_data_without_its_extra_says_what_to_install(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # import datasets -> ImportError
+    from fastmmgan.tables import open_table
+
+    with pytest.raises(FastMMGANError, match=r"--data hf: needs the datasets package: pip install 'fastmmgan\[hf\]'"):
+        open_table(f"hf:{tmp_path}")
 
 
 def test_bench_entry_point_runs_the_checkout_benchmarks():
