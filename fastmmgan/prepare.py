@@ -121,20 +121,25 @@ def _bar(total: int, desc: str, progress: bool) -> tqdm:
     return tqdm(total=total, desc=desc, unit="file", disable=not progress, leave=False, mininterval=0.5)
 
 
-def _scan_images(table: Table, mod: Modality, settings: PrepareSettings, problems: _Problems,
-                 bar: tqdm) -> ModalitySpec:
-    size = settings.image_hw()
-    first: tuple[int, tuple[int, int]] | None = None
-    all_grey = True
+def _headers(table: Table, mod: Modality, read: Callable[[Any], Any], problems: _Problems,
+             bar: tqdm) -> Iterator[tuple[int, Any, Any]]:
+    """(row, cell, header) of each present, readable file of a column; unreadable ones go to ``problems``."""
     for i, cell in enumerate(table.cells[mod.column]):
         if cell is None:
             continue
         bar.update(1)
         try:
-            info = _checked(cell, image_info)
+            yield i, cell, _checked(cell, read)
         except BadFile as e:
             problems.bad(i, mod.column, str(e))
-            continue
+
+
+def _scan_images(table: Table, mod: Modality, settings: PrepareSettings, problems: _Problems,
+                 bar: tqdm) -> ModalitySpec:
+    size = settings.image_hw()
+    first: tuple[int, tuple[int, int]] | None = None
+    all_grey = True
+    for i, cell, info in _headers(table, mod, image_info, problems, bar):
         all_grey &= info.grey
         if first is None:
             first = (i, info.size)
@@ -146,23 +151,14 @@ def _scan_images(table: Table, mod: Modality, settings: PrepareSettings, problem
     if first is None:
         raise FastMMGANError(f"{table.source}: modality {mod.name!r} has no readable image")
     channels = settings.image_channels or (1 if all_grey else 3)
-    extra = {"channels": channels} if channels != 1 else {}
-    return ModalitySpec(mod.name, "image", image_shape=size or first[1], **extra)
+    return ModalitySpec(mod.name, "image", image_shape=size or first[1], channels=channels)
 
 
 def _scan_audio(table: Table, mod: Modality, settings: PrepareSettings, problems: _Problems,
                 bar: tqdm) -> ModalitySpec:
     rates: Counter[int] = Counter()
     seconds = []
-    for i, cell in enumerate(table.cells[mod.column]):
-        if cell is None:
-            continue
-        bar.update(1)
-        try:
-            info = _checked(cell, audio_info)
-        except BadFile as e:
-            problems.bad(i, mod.column, str(e))
-            continue
+    for _, _, info in _headers(table, mod, audio_info, problems, bar):
         rates[info.sample_rate] += 1
         seconds.append(info.frames / info.sample_rate)
     if not rates:
@@ -202,7 +198,7 @@ def _checked(cell: Any, read: Callable[[Any], Any]) -> Any:
 def _stored_shape(spec: ModalitySpec) -> tuple[tuple[int, ...], Any]:
     if spec.kind == "image":
         h, w = spec.image_shape
-        return (h, w, getattr(spec, "channels", 1)), np.uint8
+        return (h, w, spec.channels), np.uint8
     if spec.kind == "text":
         return (len(spec.vocab),), np.uint8
     return (AUDIO_WINDOWS * spec.clip_samples,), AUDIO_STORE_DTYPE
@@ -211,7 +207,7 @@ def _stored_shape(spec: ModalitySpec) -> tuple[tuple[int, ...], Any]:
 def _decode_cell(spec: ModalitySpec, cell: Any, index: dict[str, int] | None) -> tuple[np.ndarray, int]:
     """One cell as its stored row (and, for audio, its length in samples)."""
     if spec.kind == "image":
-        return _checked(cell, lambda c: read_image(c, spec.image_shape, getattr(spec, "channels", 1))), 0
+        return _checked(cell, lambda c: read_image(c, spec.image_shape, spec.channels)), 0
     if spec.kind == "text":
         bag = np.zeros(len(spec.vocab), dtype=np.uint8)
         bag[[index[w] for w in tokenize(str(cell)) if w in index]] = 1
