@@ -1,7 +1,8 @@
 """Feature columns read row by row from a prepared dataset's memory-mapped arrays.
 
 A prepared dataset (see :mod:`fastmmgan.prepare`) keeps each modality in its compact stored form: images as
-uint8 pixels, captions as uint8 bags of words, audio as waveforms. A column gathers the rows a batch asks for
+uint8 pixels, captions as uint8 bags of words, audio as waveforms (or, for clips that fit in one window, as
+float16 features). A column gathers the rows a batch asks for
 and turns only those into float32 features, so training reads pages of the memory map instead of holding
 the dataset in RAM as float32.
 
@@ -122,8 +123,9 @@ class PixelColumn(FeatureColumn):
         return stored.reshape(len(stored), -1).float().div_(255.0)
 
 
-class BagColumn(FeatureColumn):
-    """Captions stored as uint8 bags of words [N, V] (0/1): the features themselves."""
+class StoredFeatures(FeatureColumn):
+    """Rows stored as the features themselves: captions as uint8 bags of words [N, V] (0/1), audio clips that fit
+    in one window as float16 spectrogram features [N, dim]."""
 
     def _features(self, stored: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         return stored.float()

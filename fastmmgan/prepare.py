@@ -4,7 +4,8 @@ A table (see :mod:`fastmmgan.tables`) is read in two passes, each with a progres
 headers (image sizes and modes, audio rates and lengths) and the captions' words, which fixes the
 modality specs, then the decoding of every file into ``.npy`` arrays: images as uint8 [N, H, W, C],
 captions as uint8 bags of words [N, V], audio as float16 waveforms [N, L] with their lengths (up to
-:data:`AUDIO_WINDOWS` windows of each clip, for random crops), the presence mask and the labels.
+:data:`AUDIO_WINDOWS` windows of each clip, for random crops) or, where every clip fits in one window (so
+there is nothing to crop), as its float16 spectrogram features [N, dim], the presence mask and the labels.
 
 The cache lives in ``<cache>/prepared/<key>``, the key a hash of the files (names, sizes, modification
 times), the metadata and the preparation settings; a second run with the same data and settings opens it
@@ -23,6 +24,7 @@ import fcntl
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -39,14 +41,14 @@ from tqdm.auto import tqdm
 from .checkpoint import atomic_write_bytes
 from .data import MultimodalDataset, audio_spec
 from .errors import FastMMGANError
-from .feature_store import BagColumn, PixelColumn, WaveColumn
+from .feature_store import PixelColumn, StoredFeatures, WaveColumn
 from .file_readers import BadFile, audio_info, image_info, read_audio, read_image
 from .modalities import ModalitySpec, tokenize
 from .tables import Modality, Table, open_table, parse_mapping, pick_modalities
 
 log = logging.getLogger("fastmmgan.prepare")
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 AUDIO_WINDOWS = 4
 """A stored clip keeps up to this many windows (``clip_samples``) of the file's centre: room for random crops."""
 AUDIO_STORE_DTYPE = np.float16
@@ -155,18 +157,21 @@ def _scan_images(table: Table, mod: Modality, settings: PrepareSettings, problem
 
 
 def _scan_audio(table: Table, mod: Modality, settings: PrepareSettings, problems: _Problems,
-                bar: tqdm) -> ModalitySpec:
+                bar: tqdm) -> tuple[ModalitySpec, str]:
+    """The audio spec, and how its rows are stored: ``spectrograms`` when every clip fits in one window (there is
+    nothing to crop, so the features are computed once), else ``waves`` (cropped per batch)."""
     rates: Counter[int] = Counter()
-    seconds = []
+    clips = []
     for _, _, info in _headers(table, mod, audio_info, problems, bar):
         rates[info.sample_rate] += 1
-        seconds.append(info.frames / info.sample_rate)
+        clips.append(info)
     if not rates:
         raise FastMMGANError(f"{table.source}: modality {mod.name!r} has no readable audio file")
     rate = settings.sample_rate or rates.most_common(1)[0][0]
-    clip = settings.clip_seconds or float(np.median(seconds))
+    clip = settings.clip_seconds or float(np.median([c.frames / c.sample_rate for c in clips]))
     samples = max(16, int(round(clip * rate)))
-    return audio_spec(mod.name, rate, samples)
+    fits = all(math.ceil(c.frames * rate / c.sample_rate) <= samples for c in clips)
+    return audio_spec(mod.name, rate, samples), "spectrograms" if fits else "waves"
 
 
 def _scan_text(table: Table, mod: Modality, settings: PrepareSettings) -> tuple[ModalitySpec, dict[str, Any]]:
@@ -195,31 +200,36 @@ def _checked(cell: Any, read: Callable[[Any], Any]) -> Any:
 
 # -- the decoding pass --------------------------------------------------------------------------------------
 
-def _stored_shape(spec: ModalitySpec) -> tuple[tuple[int, ...], Any]:
-    if spec.kind == "image":
+def _stored_shape(spec: ModalitySpec, storage: str) -> tuple[tuple[int, ...], Any]:
+    """Shape of one stored row and its dtype, by storage (``pixels``, ``bags``, ``waves``, ``spectrograms``)."""
+    if storage == "pixels":
         h, w = spec.image_shape
         return (h, w, spec.channels), np.uint8
-    if spec.kind == "text":
+    if storage == "bags":
         return (len(spec.vocab),), np.uint8
+    if storage == "spectrograms":
+        return (spec.dim,), AUDIO_STORE_DTYPE
     return (AUDIO_WINDOWS * spec.clip_samples,), AUDIO_STORE_DTYPE
 
 
-def _decode_cell(spec: ModalitySpec, cell: Any, index: dict[str, int] | None) -> tuple[np.ndarray, int]:
+def _decode_cell(spec: ModalitySpec, storage: str, cell: Any, index: dict[str, int] | None) -> tuple[np.ndarray, int]:
     """One cell as its stored row (and, for audio, its length in samples)."""
-    if spec.kind == "image":
+    if storage == "pixels":
         return _checked(cell, lambda c: read_image(c, spec.image_shape, spec.channels)), 0
-    if spec.kind == "text":
+    if storage == "bags":
         bag = np.zeros(len(spec.vocab), dtype=np.uint8)
         bag[[index[w] for w in tokenize(str(cell)) if w in index]] = 1
         return bag, 0
     wave = _checked(cell, lambda c: read_audio(c, spec.sample_rate, AUDIO_WINDOWS * spec.clip_samples))
+    if storage == "spectrograms":  # a clip that fits in its window: zero-padded, as the column would pad it
+        return spec.encode(np.pad(wave, (0, spec.clip_samples - len(wave)))[None])[0].numpy(), len(wave)
     return wave, len(wave)
 
 
-def _build(table: Table, mods: list[Modality], specs: list[ModalitySpec], problems: _Problems, tmp: Path,
-           progress: bool) -> dict[str, Any]:
+def _build(table: Table, mods: list[Modality], specs: list[ModalitySpec], storage: list[str], problems: _Problems,
+           tmp: Path, progress: bool) -> dict[str, Any]:
     n, m = len(table), len(mods)
-    layouts = [_stored_shape(spec) for spec in specs]
+    layouts = [_stored_shape(spec, kept) for spec, kept in zip(specs, storage, strict=True)]
     need = sum(n * int(np.prod(shape)) * np.dtype(dtype).itemsize for shape, dtype in layouts)
     free = shutil.disk_usage(tmp).free
     if need > free:
@@ -239,7 +249,7 @@ def _build(table: Table, mods: list[Modality], specs: list[ModalitySpec], proble
                 if cell is None or (i, mod.column) in problems.found:
                     continue
                 try:
-                    row, length = _decode_cell(spec, cell, indexes[k])
+                    row, length = _decode_cell(spec, storage[k], cell, indexes[k])
                 except BadFile as e:
                     problems.bad(i, mod.column, str(e))
                     continue
@@ -300,15 +310,15 @@ def _open(cache: Path) -> tuple[MultimodalDataset, dict[str, Any]]:
     mask = torch.from_numpy(np.load(cache / "mask.npy"))
     lengths = torch.from_numpy(np.load(cache / "lengths.npy"))
     columns = []
-    for k, spec in enumerate(specs):
+    for k, (spec, kept) in enumerate(zip(specs, manifest["storage"], strict=True)):
         # Copy-on-write maps: writable views for torch, pages shared with the file until (never) written.
         storage = torch.from_numpy(np.load(cache / f"modality{k}.npy", mmap_mode="c"))
-        if spec.kind == "image":
+        if kept == "pixels":
             columns.append(PixelColumn(spec, storage))
-        elif spec.kind == "text":
-            columns.append(BagColumn(spec, storage))
-        else:
+        elif kept == "waves":
             columns.append(WaveColumn(spec, storage, lengths[:, k].clone()))
+        else:
+            columns.append(StoredFeatures(spec, storage))
     labels = torch.from_numpy(np.load(cache / "labels.npy")) if (cache / "labels.npy").is_file() else None
     keep = torch.nonzero(mask.any(dim=1), as_tuple=True)[0]  # rows whose every file was bad are left out
     ds = MultimodalDataset(specs, tuple(columns), mask, labels)
@@ -366,21 +376,25 @@ def _build_cache(table: Table, mods: list[Modality], settings: PrepareSettings, 
     try:
         problems = _Problems(table, settings.skip_bad_files)
         notes: dict[str, Any] = {"captions": {}}
-        specs = []
+        specs, storage = [], []
         with _bar(_file_count(table, mods), "scan", progress) as bar:
             for mod in mods:
                 if mod.kind == "image":
                     specs.append(_scan_images(table, mod, settings, problems, bar))
+                    storage.append("pixels")
                 elif mod.kind == "audio":
-                    specs.append(_scan_audio(table, mod, settings, problems, bar))
+                    spec, kept = _scan_audio(table, mod, settings, problems, bar)
+                    specs.append(spec)
+                    storage.append(kept)
                 else:
                     spec, notes["captions"][mod.name] = _scan_text(table, mod, settings)
                     specs.append(spec)
-        notes["decode"] = _build(table, mods, specs, problems, tmp, progress)
+                    storage.append("bags")
+        notes["decode"] = _build(table, mods, specs, storage, problems, tmp, progress)
         files = sorted(p.name for p in tmp.iterdir())
         manifest = {"version": CACHE_VERSION, "source": table.source, "rows": len(table),
-                    "specs": [s.to_dict() for s in specs], "files": files, "bad_files": list(problems.found.values()),
-                    "notes": notes}
+                    "specs": [s.to_dict() for s in specs], "storage": storage, "files": files,
+                    "bad_files": list(problems.found.values()), "notes": notes}
         atomic_write_bytes(tmp / MANIFEST, json.dumps(manifest, indent=1).encode())
         os.replace(tmp, cache)
     finally:

@@ -477,3 +477,25 @@ def test_a_long_clip_at_another_rate_keeps_its_centre_filtered_whole(tmp_path):
     assert got.shape == (4000,)
     errors = {s: np.abs(got - np.clip(whole[s : s + 4000], -1, 1)).max() for s in range(centre - 3, centre + 4)}
     assert min(errors.values()) < 1e-5, errors  # a window of the whole file's samples, at its centre
+
+
+def test_clips_that_fit_one_window_are_stored_as_their_features(tmp_path):
+    """Nothing to crop: the spectrogram features are computed once, at preparation, and stored as float16 (within
+    1e-3 of float32's); a folder with one longer clip keeps waveforms, cropped per batch."""
+    from fastmmgan.feature_store import StoredFeatures, WaveColumn
+
+    d = tmp_path / "short"
+    d.mkdir()
+    for i, seconds in enumerate([0.1, 0.08, 0.1]):
+        sf.write(d / f"{i}.wav", _tone(seconds, 8000, 400.0 + 100 * i), 8000)
+    _write_jsonl(d, [{"file_name": f"{i}.wav", "caption": "beep"} for i in range(3)])
+    ds = _prep(d, tmp_path, clip_seconds=0.1).dataset
+    col, spec = ds.features[0], ds.specs[0]
+    assert isinstance(col, StoredFeatures) and col.storage.dtype == torch.float16
+    for i in range(3):
+        expected = spec.encode(_expected_wave(d / f"{i}.wav", 8000, 800)[None])
+        torch.testing.assert_close(col[[i]], expected, atol=1e-3, rtol=0)
+        torch.testing.assert_close(col.draw(torch.tensor([i]), torch.Generator().manual_seed(0)), col[[i]])
+    sf.write(d / "3.wav", _tone(0.3, 8000), 8000)
+    _write_jsonl(d, [{"file_name": f"{i}.wav", "caption": "beep"} for i in range(4)])
+    assert isinstance(_prep(d, tmp_path, clip_seconds=0.1).dataset.features[0], WaveColumn)
