@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .checkpoint import file_lock
 from .data import DIGIT_WORDS, SAMPLE_RATE, digit_caption, dtmf_tone
 from .errors import FastMMGANError
 from .media import wav_bytes
@@ -112,15 +113,15 @@ def export_builtin(name: str, out: str | Path, seed: int = 0) -> Path:
 
 
 def builtin_folder(name: str, root: Path) -> Path:
-    """The files of built-in ``name`` under cache ``root``, written on first use."""
+    """The files of built-in ``name`` under cache ``root``, written on first use (under a lock: processes
+    started together write it once)."""
     folder = root / "builtin" / f"{name}-v{BUILTIN_VERSION}"
-    if not (folder / "metadata.jsonl").is_file():
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(folder, ignore_errors=True)
-        try:
+    if (folder / "metadata.jsonl").is_file():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(folder.parent / f".{folder.name}.lock"):
+        if not (folder / "metadata.jsonl").is_file():  # export_builtin renames a complete folder into place
+            shutil.rmtree(folder, ignore_errors=True)
             export_builtin(name, folder)
-        except OSError:  # another process wrote it first
-            if not (folder / "metadata.jsonl").is_file():
-                raise
     return folder
 

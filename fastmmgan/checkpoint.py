@@ -1,12 +1,14 @@
-"""Atomic file writes, checkpoints that load with a clear error (never a traceback), the random state a
-checkpoint carries and the clean-up of temp files a killed writer left."""
+"""Atomic file writes, file locks, checkpoints that load with a clear error (never a traceback), the random state
+a checkpoint carries and the clean-up of temp files a killed writer left."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import random
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -43,6 +45,23 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
     finally:
         os.close(dir_fd)
     return path
+
+
+@contextlib.contextmanager
+def file_lock(path: str | Path, wait: bool = True) -> Iterator[bool]:
+    """An exclusive ``flock`` on the file ``path`` (created if missing) for the ``with`` block: another process
+    asking for it waits, with no deadline. With ``wait=False``, yields whether the lock was free (and holds it
+    if so). The lock goes with the process, so a killed holder never leaves it taken."""
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:

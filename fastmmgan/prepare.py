@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import logging
@@ -38,7 +37,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import atomic_write_bytes
+from .checkpoint import atomic_write_bytes, file_lock
 from .data import MultimodalDataset, audio_spec
 from .errors import FastMMGANError
 from .feature_store import PixelColumn, StoredFeatures, WaveColumn
@@ -221,9 +220,13 @@ def _decode_cell(spec: ModalitySpec, storage: str, cell: Any, index: dict[str, i
         bag[[index[w] for w in tokenize(str(cell)) if w in index]] = 1
         return bag, 0
     wave = _checked(cell, lambda c: read_audio(c, spec.sample_rate, AUDIO_WINDOWS * spec.clip_samples))
-    if storage == "spectrograms":  # a clip that fits in its window: zero-padded, as the column would pad it
-        return spec.encode(np.pad(wave, (0, spec.clip_samples - len(wave)))[None])[0].numpy(), len(wave)
+    if storage == "spectrograms":  # a clip that fits in its window: zero-padded (its features are taken in batches)
+        return np.pad(wave, (0, spec.clip_samples - len(wave))), len(wave)
     return wave, len(wave)
+
+
+SPECTROGRAM_BATCH = 256
+"""Clips whose features are computed in one batched STFT while a dataset is prepared."""
 
 
 def _build(table: Table, mods: list[Modality], specs: list[ModalitySpec], storage: list[str], problems: _Problems,
@@ -241,6 +244,15 @@ def _build(table: Table, mods: list[Modality], specs: list[ModalitySpec], storag
     mask = np.zeros((n, m), dtype=bool)
     indexes = [{w: j for j, w in enumerate(s.vocab)} if s.kind == "text" else None for s in specs]
     files = _file_count(table, mods)
+    pending: dict[int, list[tuple[int, np.ndarray]]] = {k: [] for k, kept in enumerate(storage) if kept == "spectrograms"}
+
+    def spectrograms(k: int) -> None:
+        """Features of modality k's pending clips, in one batch."""
+        if pending[k]:
+            rows, waves = zip(*pending[k], strict=True)
+            arrays[k][list(rows)] = specs[k].encode(np.stack(waves)).numpy()
+            pending[k].clear()
+
     t0 = time.perf_counter()
     with _bar(files, "decode", progress) as bar:
         for i in range(n):
@@ -256,12 +268,19 @@ def _build(table: Table, mods: list[Modality], specs: list[ModalitySpec], storag
                 finally:
                     if spec.kind != "text":
                         bar.update(1)
-                if spec.kind == "audio":
+                if k in pending:
+                    pending[k].append((i, row))
+                    lengths[i, k] = length
+                    if len(pending[k]) == SPECTROGRAM_BATCH:
+                        spectrograms(k)
+                elif spec.kind == "audio":
                     arrays[k][i, : len(row)] = row
                     lengths[i, k] = length
                 elif spec.kind == "image" or row.any():
                     arrays[k][i] = row
                 mask[i, k] = spec.kind != "text" or bool(row.any())
+    for k in pending:
+        spectrograms(k)
     seconds = time.perf_counter() - t0
     for arr in arrays.values():
         arr.flush()
@@ -278,21 +297,10 @@ def _key(table: Table, mods: list[Modality], settings: PrepareSettings) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-@contextlib.contextmanager
-def _key_lock(folder: Path, key: str, wait: bool = True) -> Iterator[bool]:
-    """An exclusive lock on one cache key (``flock`` on ``.<key>.lock``), held by the process that checks, builds
-    and renames that cache: a second process (another torchrun rank, another run of the same data) waits here,
-    with no deadline, then finds the cache complete. With ``wait=False``, yields whether the lock was free."""
-    with open(folder / f".{key}.lock", "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def _key_lock(folder: Path, key: str, wait: bool = True) -> contextlib.AbstractContextManager[bool]:
+    """The lock of one cache key (``.<key>.lock``), held by the process that checks, builds and renames that cache:
+    a second process (another torchrun rank, another run of the same data) waits, then finds the cache complete."""
+    return file_lock(folder / f".{key}.lock", wait)
 
 
 def _remove_stale(folder: Path) -> None:
