@@ -429,6 +429,8 @@ def open_dataset(cfg: Any, progress: bool = True) -> tuple[MultimodalDataset, Pr
         data = str(builtin_folder(cfg.dataset, root))
     elif cfg.data.startswith("hf:") or Path(cfg.data).is_dir():
         data = cfg.data
+    elif not Path(cfg.data).exists() and Path(cfg.data).suffix != ".npz":
+        raise FastMMGANError(f"--data {cfg.data}: not found (expected a data folder, hf:PATH or an .npz file)")
     else:
         return load_dataset(path=cfg.data), None
     prepared = prepare(data, PrepareSettings.from_config(cfg), root, progress)

@@ -116,6 +116,7 @@ def _cli_error(main, argv, capsys):
     "argv, message",
     [(["--steps", "0"], "steps must be positive"), (["--batch-size", "-1"], "batch-size must be positive"),
      (["--data", "/nonexistent/x.npz"], "data file not found"),
+     (["--data", "/nonexistent/pets"], "--data /nonexistent/pets: not found (expected a data folder, hf:PATH or an .npz"),
      (["--batch-size", "5000"], "larger than the training split"), (["--resume"], "no checkpoint to resume"),
      (["--device", "cuda"] if not torch.cuda.is_available() else ["--lr", "0"], ""),
      (["--g-widths", "128"], "g-widths needs the fusion's width and at least one layer's"),
