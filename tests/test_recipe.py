@@ -154,3 +154,25 @@ def test_one_modality_draws_no_condition_noise():
     inputs = draw_step_inputs(data, 3, replace(CFG, batch_size=32, condition_noise=0.3))
     assert not inputs.given.any()
     assert all(c is r for c, r in zip(inputs.conditions, inputs.real, strict=True))
+
+
+def test_mismatched_rows_take_one_modality_from_another_row():
+    """The matching-aware discriminator's fake pairs are really mismatched: every row with weight 1 differs from
+    its own real sample in exactly one modality, present in it, whose value is another row's real value of the
+    batch; the rest of the row is its own. Rows with weight 0 are not judged as mismatched."""
+    ds = random_dataset(SPECS, 64)
+    judged = 0
+    for step in range(4):
+        batch = draw_step_inputs(ds, step, CFG)
+        for i in range(len(batch.z)):
+            changed = [m for m, (x, r) in enumerate(zip(batch.mismatched, batch.real, strict=True))
+                       if not torch.equal(x[i], r[i])]
+            if batch.mismatch_weight[i] == 0:
+                continue
+            judged += 1
+            assert len(changed) == 1, (step, i, changed)
+            m = changed[0]
+            assert batch.mask[i, m]
+            donors = [j for j in range(len(batch.z)) if j != i and torch.equal(batch.real[m][j], batch.mismatched[m][i])]
+            assert donors, (step, i, m)
+    assert judged >= 16  # most rows of a three-modality batch are mismatched
