@@ -81,6 +81,15 @@ def save_checkpoint(run_dir: str | Path, step: int, state: dict[str, Any], keep:
     return path
 
 
+def newest_checkpoint(run_dir: str | Path) -> Path:
+    """The checkpoint a bare ``--resume`` continues from: ``last.pt``, or, where a run was killed between writing
+    a step checkpoint and pointing ``last.pt`` at it (its first one, say), the newest step file (each is written
+    whole, by rename). The ``last.pt`` path when there is neither."""
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    steps = sorted(folder.glob("step_*.pt"))
+    return folder / LAST if (folder / LAST).is_file() or not steps else steps[-1]
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint file, or a run directory (its ``checkpoints/last.pt``)."""
     path = Path(path)

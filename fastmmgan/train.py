@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import types
 from dataclasses import fields
 from pathlib import Path
 from typing import Union, get_args, get_origin, get_type_hints
 
-from .checkpoint import CHECKPOINT_DIR, LAST
+from .checkpoint import CHECKPOINT_DIR, LAST, newest_checkpoint
 from .cli import add_verbosity_flags, configure_logging, run_cli
 from .config import TrainConfig
 from .distributed import shutdown
@@ -128,11 +129,11 @@ def run_dir(args: argparse.Namespace, cfg: TrainConfig) -> Path:
 
 
 def resume_path(args: argparse.Namespace, out: Path) -> Path | None:
-    """The checkpoint ``--resume`` names: its path, or for a bare ``--resume`` run ``out``'s last one (None
-    without ``--resume``)."""
+    """The checkpoint ``--resume`` names: its path, or for a bare ``--resume`` run ``out``'s newest one
+    (:func:`~fastmmgan.checkpoint.newest_checkpoint`; None without ``--resume``)."""
     if args.resume is None:
         return None
-    return out / CHECKPOINT_DIR / LAST if args.resume == "auto" else Path(args.resume)
+    return newest_checkpoint(out) if args.resume == "auto" else Path(args.resume)
 
 
 def check_out_dir(out: Path) -> None:
@@ -153,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
     resume = resume_path(args, out)
     if args.resume == "auto" and not resume.is_file():
         raise FastMMGANError(f"--resume: no checkpoint to resume in {out}")
+    if args.resume == "auto" and resume.name != LAST:
+        logging.getLogger("fastmmgan.train").warning(
+            "--resume: %s has no %s (the run was stopped before pointing it at its newest checkpoint); resuming from "
+            "%s", out / CHECKPOINT_DIR, LAST, resume.name)
     from .trainer import Trainer
 
     trainer = Trainer(cfg, out, resume=resume, progress=not args.no_progress)

@@ -121,6 +121,45 @@ def test_a_real_sigkill_mid_write_keeps_last_pt_and_the_next_start_cleans_up(tmp
     assert load_checkpoint(out)["step"] == 6
 
 
+_KILLED_BEFORE_LAST = """
+import sys, time
+from pathlib import Path
+from fastmmgan import checkpoint
+
+def stalls(src, dst):  # the step file is complete; last.pt is about to point at it
+    Path(sys.argv[3]).touch()
+    time.sleep(600)
+
+state = checkpoint.load_checkpoint(sys.argv[1])
+checkpoint.os.link = stalls
+checkpoint.save_checkpoint(sys.argv[2], state["step"], state)
+"""
+
+
+def test_a_run_killed_before_its_first_last_pt_resumes_from_its_step_file(tmp_path, caplog):
+    """A real SIGKILL between writing a run's first step checkpoint and pointing last.pt at it: a bare --resume
+    continues from that step file (and says so), and ends where a straight run does, weight for weight."""
+    short = [a if a != str(STEPS) else "5" for a in ARGS] + ["--no-compile"]
+    longer = [a if a != "5" else "8" for a in short]
+    assert train.main([*short, "--out", str(tmp_path / "first")]) == 0
+    assert train.main([*longer, "--out", str(tmp_path / "straight")]) == 0
+    killed, ready = tmp_path / "killed", tmp_path / "linking"
+    writer = subprocess.Popen([sys.executable, "-c", _KILLED_BEFORE_LAST, str(tmp_path / "first"), str(killed),
+                               str(ready)], env=ENV, stderr=subprocess.PIPE, text=True)
+    _wait_for(ready, writer)
+    writer.send_signal(signal.SIGKILL)
+    assert writer.wait() == -signal.SIGKILL
+    assert sorted(p.name for p in (killed / "checkpoints").iterdir()) == ["step_00000005.pt"]
+    with caplog.at_level("WARNING", logger="fastmmgan"):
+        assert train.main([*longer, "--out", str(killed), "--resume"]) == 0
+    assert "has no last.pt" in caplog.text and "resuming from step_00000005.pt" in caplog.text
+    a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(killed)
+    assert a["step"] == b["step"] == 8
+    for key in ("generator", "ema", "discriminator"):
+        for name, tensor in a[key].items():
+            assert torch.equal(tensor, b[key][name]), f"{key}.{name} differs after resume"
+
+
 def test_keeps_the_newest_checkpoints(tmp_path):
     for step in range(1, 6):
         save_checkpoint(tmp_path, step, _state(step), keep=2)
