@@ -25,6 +25,11 @@ def colour_words(spec: ModalitySpec) -> tuple[int, ...]:
     return tuple(index.get(name, -1) for name in PALETTE_NAMES)
 
 
+def is_colour_image(spec: ModalitySpec) -> bool:
+    """Whether ``spec`` is an RGB image modality."""
+    return spec.kind == "image" and spec.channels == 3
+
+
 def names_colours(spec: ModalitySpec) -> bool:
     """Whether captions of ``spec`` can name at least two palette colours."""
     return spec.kind == "text" and sum(i >= 0 for i in colour_words(spec)) >= 2

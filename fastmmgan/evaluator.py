@@ -17,6 +17,7 @@ Datasets without labels get distances only, in a PCA space fitted on the train s
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .colour_check import caption_colour, ink_colour, names_colours
+from .colour_check import caption_colour, ink_colour, is_colour_image, names_colours
 from .data import MultimodalDataset
 from .errors import FastMMGANError
 from .evaluator_nets import EvaluatorNets, load_or_train_evaluators, one_thread
@@ -174,7 +175,7 @@ class Evaluator:
         colours = self._named_colours(torch.arange(len(self.test_ds)))
         if colours is not None:  # the colour reader on real test images: the ceiling of colour_acc
             for m, spec in enumerate(self.specs):
-                if spec.kind == "image" and spec.channels == 3:
+                if is_colour_image(spec):
                     rows = self.test_ds.mask[:, m] & (colours >= 0)
                     read = ink_colour(spec, self.test_ds.features[m][rows])
                     out[f"colour_acc_real/{spec.name}"] = float((read == colours[rows]).double().mean())
@@ -228,14 +229,19 @@ class Evaluator:
         """The palette colour the caption of each row ``idx`` of ``ds`` (default: the test split) names ([n]
         int64, -1 none), for datasets whose captions name colours and that have a colour image (None otherwise)."""
         text = next((m for m, s in enumerate(self.specs) if names_colours(s)), None)
-        has_colour_image = any(s.kind == "image" and s.channels == 3 for s in self.specs)
+        has_colour_image = any(is_colour_image(s) for s in self.specs)
         if text is None or not has_colour_image:
             return None
-        return caption_colour(self.specs[text], (ds or self.test_ds).features[text][idx])
+        return caption_colour(self.specs[text], (self.test_ds if ds is None else ds).features[text][idx])
+
+    @functools.cached_property
+    def _train_colours(self) -> torch.Tensor | None:
+        """The colour each training row's caption names (see :meth:`_named_colours`), read once."""
+        return self._named_colours(torch.arange(len(self.train_ds)), self.train_ds)
 
     def _pins_colour(self, spec: ModalitySpec) -> bool:
         """Whether a condition of this modality fixes the colour (a caption naming it, or a colour image)."""
-        return names_colours(spec) or (spec.kind == "image" and spec.channels == 3)
+        return names_colours(spec) or is_colour_image(spec)
 
     def _colour_scores(self, key: str, src: ModalitySpec, dst: ModalitySpec, fake: torch.Tensor,
                        colours: torch.Tensor | None, label_ok: torch.Tensor) -> dict[str, float]:
@@ -244,9 +250,9 @@ class Evaluator:
         text -> colour image (the caption sets the colour) and colour image -> text (the caption must say it)."""
         if colours is None:
             return {}
-        if src.kind == "text" and dst.kind == "image" and dst.channels == 3:
+        if src.kind == "text" and is_colour_image(dst):
             made = ink_colour(dst, fake)
-        elif src.kind == "image" and src.channels == 3 and dst.kind == "text" and names_colours(dst):
+        elif is_colour_image(src) and names_colours(dst):
             made = caption_colour(dst, fake)
         else:
             return {}
@@ -309,7 +315,7 @@ class Evaluator:
         (with ``colours``, per condition row: within label and named colour)."""
         keys = [(int(c), -1 if colours is None else int(k)) for c, k in
                 zip(classes, colours if colours is not None else classes, strict=True)]
-        train_colours = None if colours is None else self._named_colours(torch.arange(len(self.train_ds)), self.train_ds)
+        train_colours = None if colours is None else self._train_colours
         per_key = {}
         for label, colour in set(keys):
             rows = self._class_rows(self.train_ds, m, label)

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import abc
 import copy
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -67,6 +68,14 @@ class FeatureColumn(abc.ABC):
         """Rows in about 64 MB of storage: what bulk reads (a copy to the GPU, a hash) take at a time."""
         return max(1, (64 << 20) // max(1, self.row_bytes))
 
+    def _stored_chunks(self) -> Iterator[tuple[int, torch.Tensor]]:
+        """(first row, stored rows) of every viewed row in order, about 64 MB at a time: a bulk read that never
+        holds the whole column twice."""
+        idx = self._storage_index(slice(None))
+        chunk = self._chunk_rows()
+        for start in range(0, len(idx), chunk):
+            yield start, self._gather(idx[start : start + chunk])
+
     def _storage_index(self, index: object) -> torch.Tensor:
         """Any index a tensor takes along its first axis -> int64 indices into ``storage``."""
         if isinstance(index, slice):
@@ -106,14 +115,19 @@ class FeatureColumn(abc.ABC):
     def to(self, device: torch.device | str) -> FeatureColumn:
         """The same rows with their stored form copied to ``device`` (a GPU-resident prepared dataset), in chunks
         of about 64 MB, so the host never holds a second copy of the column."""
-        idx = self._storage_index(slice(None))
         moved = copy.copy(self)
-        moved.storage = torch.empty((len(idx), *self.storage.shape[1:]), dtype=self.storage.dtype, device=device)
-        chunk = self._chunk_rows()
-        for start in range(0, len(idx), chunk):
-            moved.storage[start : start + chunk] = self._gather(idx[start : start + chunk]).to(device)
+        moved.storage = torch.empty((len(self), *self.storage.shape[1:]), dtype=self.storage.dtype, device=device)
+        for start, stored in self._stored_chunks():
+            moved.storage[start : start + len(stored)] = stored.to(device)
         moved.rows = None
         return moved
+
+    def digest_into(self, h: Any) -> None:
+        """Feed the stored bytes of the viewed rows, and which rows they are, to a hashlib object ``h``."""
+        h.update(repr((type(self).__name__, tuple(self.storage.shape[1:]), str(self.storage.dtype))).encode())
+        h.update(self._storage_index(slice(None)).numpy().astype(np.int64).tobytes())
+        for _, stored in self._stored_chunks():
+            h.update(stored.contiguous().cpu().numpy().tobytes())
 
 
 class PixelColumn(FeatureColumn):
@@ -154,12 +168,16 @@ class WaveColumn(FeatureColumn):
         """Samples each clip has beyond the window (0 for clips no longer than it)."""
         return (self.lengths[index].cpu() - self.spec.clip_samples).clamp(min=0)
 
+    def _window_features(self, stored: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
+        """Spectrogram features [n, dim] of the windows of ``stored`` rows that begin at ``starts``."""
+        return self.spec.encode(self._crop(stored, starts).numpy()).to(stored.device)
+
     def _features(self, stored: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        return self.spec.encode(self._crop(stored, self._spare(index) // 2).numpy()).to(stored.device)
+        return self._window_features(stored, self._spare(index) // 2)
 
     def _draw_features(self, stored: torch.Tensor, index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         starts = (torch.rand(len(index), generator=generator) * (self._spare(index) + 1).float()).long()
-        return self.spec.encode(self._crop(stored, starts).numpy()).to(stored.device)
+        return self._window_features(stored, starts)
 
 
 def draw_rows(column: torch.Tensor | FeatureColumn, index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -172,16 +190,11 @@ def take_rows(column: torch.Tensor | FeatureColumn, index: torch.Tensor) -> torc
     return column.take(index) if isinstance(column, FeatureColumn) else column[index]
 
 
-def digest_into(h: object, columns: Sequence[torch.Tensor | FeatureColumn]) -> None:
-    """Feed columns' contents to a hashlib object ``h``: a column's stored bytes of the rows it views (in chunks
-    of about 64 MB, never the float32 expansion), an in-memory tensor's bytes."""
+def digest_into(h: Any, columns: Sequence[torch.Tensor | FeatureColumn]) -> None:
+    """Feed columns' contents to a hashlib object ``h``: a column's stored bytes of the rows it views (never the
+    float32 expansion, see :meth:`FeatureColumn.digest_into`), an in-memory tensor's bytes."""
     for col in columns:
-        if not isinstance(col, FeatureColumn):
+        if isinstance(col, FeatureColumn):
+            col.digest_into(h)
+        else:
             h.update(col.contiguous().cpu().numpy().tobytes())
-            continue
-        h.update(repr((type(col).__name__, tuple(col.storage.shape[1:]), str(col.storage.dtype))).encode())
-        idx = col._storage_index(slice(None))
-        h.update(idx.numpy().astype(np.int64).tobytes())
-        chunk = col._chunk_rows()
-        for start in range(0, len(idx), chunk):
-            h.update(col._gather(idx[start : start + chunk]).contiguous().cpu().numpy().tobytes())

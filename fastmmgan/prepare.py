@@ -230,7 +230,7 @@ SPECTROGRAM_BATCH = 256
 
 
 def _build(table: Table, mods: list[Modality], specs: list[ModalitySpec], storage: list[str], problems: _Problems,
-           tmp: Path, progress: bool) -> dict[str, Any]:
+           tmp: Path, files: int, progress: bool) -> dict[str, Any]:
     n, m = len(table), len(mods)
     layouts = [_stored_shape(spec, kept) for spec, kept in zip(specs, storage, strict=True)]
     need = sum(n * int(np.prod(shape)) * np.dtype(dtype).itemsize for shape, dtype in layouts)
@@ -243,7 +243,6 @@ def _build(table: Table, mods: list[Modality], specs: list[ModalitySpec], storag
     lengths = np.zeros((n, m), dtype=np.int64)
     mask = np.zeros((n, m), dtype=bool)
     indexes = [{w: j for j, w in enumerate(s.vocab)} if s.kind == "text" else None for s in specs]
-    files = _file_count(table, mods)
     pending: dict[int, list[tuple[int, np.ndarray]]] = {k: [] for k, kept in enumerate(storage) if kept == "spectrograms"}
 
     def spectrograms(k: int) -> None:
@@ -385,7 +384,8 @@ def _build_cache(table: Table, mods: list[Modality], settings: PrepareSettings, 
         problems = _Problems(table, settings.skip_bad_files)
         notes: dict[str, Any] = {"captions": {}}
         specs, storage = [], []
-        with _bar(_file_count(table, mods), "scan", progress) as bar:
+        files = _file_count(table, mods)  # counted once: an hf: file column reads its rows to count them
+        with _bar(files, "scan", progress) as bar:
             for mod in mods:
                 if mod.kind == "image":
                     specs.append(_scan_images(table, mod, settings, problems, bar))
@@ -398,7 +398,7 @@ def _build_cache(table: Table, mods: list[Modality], settings: PrepareSettings, 
                     spec, notes["captions"][mod.name] = _scan_text(table, mod, settings)
                     specs.append(spec)
                     storage.append("bags")
-        notes["decode"] = _build(table, mods, specs, storage, problems, tmp, progress)
+        notes["decode"] = _build(table, mods, specs, storage, problems, tmp, files, progress)
         files = sorted(p.name for p in tmp.iterdir())
         manifest = {"version": CACHE_VERSION, "source": table.source, "rows": len(table),
                     "specs": [s.to_dict() for s in specs], "storage": storage, "files": files,
